@@ -1,0 +1,1 @@
+//! Nearest-neighbour indexes over embedding vectors (exact flat index and HNSW).

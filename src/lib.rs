@@ -1,0 +1,13 @@
+//! omnibind: a multimodal vector search server.
+//!
+//! Layers, from the bottom up (dependencies only point downwards):
+//! - [`embed`]: neural encoders (CLIP, ImageBind) run by candle, their preprocessing and the
+//!   compute-device choice. Knows nothing of HTTP, storage or indexes.
+//! - [`index`]: approximate and exact nearest-neighbour indexes over embedding vectors.
+//! - [`store`]: durable storage of items, vectors and original content.
+//!
+//! The binary (`src/main.rs`) is a thin command-line front over this library.
+
+pub mod embed;
+pub mod index;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Durable storage of collections, items, vectors and original content.
