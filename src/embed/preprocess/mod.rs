@@ -1,0 +1,9 @@
+//! Decoding and preprocessing of raw inputs, one file per modality. Each function here turns
+//! user bytes or text into exactly the tensor layout the reference implementation feeds its model.
+
+pub mod image;
+pub mod text;
+
+/// Version of the preprocessing pipelines. Stored with every vector, so that a change of
+/// preprocessing (which silently changes embeddings) can be detected in stored data.
+pub const PREPROCESS_VERSION: u32 = 1;

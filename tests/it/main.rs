@@ -1,0 +1,4 @@
+//! Integration tests, compiled into one binary.
+
+mod clip;
+mod common;
