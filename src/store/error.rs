@@ -54,6 +54,11 @@ pub enum StoreError {
     )]
     UnsupportedFormat { found: u32, supported: u32 },
 
+    /// Another process (or a handle in this process that is still shutting down) holds the
+    /// database's lock.
+    #[error("the database in {path} is in use by another process")]
+    Locked { path: String },
+
     /// A file system operation on content files failed.
     #[error("I/O error while {context}: {source}")]
     Io {

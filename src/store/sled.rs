@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Batch, Db, Tree};
@@ -40,12 +41,17 @@ const PURGE_CHUNK: usize = 2_000;
 pub struct SledOptions {
     /// sled's page cache size in bytes.
     pub cache_capacity: u64,
+    /// How long to wait for the database lock before failing with [`StoreError::Locked`].
+    /// sled releases the lock from background threads shortly after the last handle is
+    /// dropped, so reopening in the same process can find it still held for a moment.
+    pub lock_wait: Duration,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
             cache_capacity: 256 * 1024 * 1024,
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -97,10 +103,7 @@ impl SledStore {
         let data_dir = data_dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| StoreError::io("creating the data directory", e))?;
-        let db = sled::Config::new()
-            .path(data_dir.join("db"))
-            .cache_capacity(opts.cache_capacity)
-            .open()?;
+        let db = open_db(&data_dir.join("db"), &opts)?;
         let found_format = migrate::read_version(&db)?;
         let migrations = migrate::prepare(&db)?;
         let t = Trees {
@@ -367,6 +370,30 @@ struct Batches {
     hashes: Batch,
     counts: Batch,
     purging: Batch,
+}
+
+/// Opens sled, retrying while its lock is held, for up to `opts.lock_wait`.
+pub(super) fn open_db(path: &Path, opts: &SledOptions) -> Result<Db> {
+    let deadline = Instant::now() + opts.lock_wait;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_capacity)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock only through this message (0.34).
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn decode_collection(bytes: &[u8]) -> Result<CollectionRecord> {

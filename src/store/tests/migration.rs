@@ -131,7 +131,7 @@ fn interrupted_migration_reruns_from_scratch() {
     {
         // What a crash half-way through the 1 -> 2 step leaves: version still 1, new trees
         // partly filled (here with wrong values).
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = super::raw_sled(&dir.path().join("db"));
         let hashes = db.open_tree(keys::HASHES).unwrap();
         hashes
             .insert(

@@ -21,6 +21,12 @@ pub(super) fn open(dir: &Path) -> SledStore {
     SledStore::open(dir).expect("open store")
 }
 
+/// The raw sled database of a data directory, waiting for the lock a just-dropped handle may
+/// still hold.
+pub(super) fn raw_sled(db_dir: &Path) -> sled::Db {
+    super::sled::open_db(db_dir, &super::SledOptions::default()).expect("open raw sled")
+}
+
 pub(super) fn new_collection(name: &str) -> NewCollection {
     NewCollection {
         name: name.to_owned(),

@@ -1098,7 +1098,7 @@ fn newer_format_is_refused_untouched() {
 fn data_without_format_version_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = super::raw_sled(&dir.path().join("db"));
         db.open_tree(keys::COLLECTIONS)
             .unwrap()
             .insert("c", "{}")
@@ -1181,4 +1181,18 @@ fn new_collection_round_trips_through_serde() {
     };
     let v = serde_json::to_value(&nc).unwrap();
     assert_eq!(serde_json::from_value::<NewCollection>(v).unwrap(), nc);
+}
+
+#[test]
+fn second_open_of_a_held_database_fails_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = open(dir.path());
+    let opts = super::super::SledOptions {
+        lock_wait: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    assert!(matches!(
+        super::super::SledStore::open_with(dir.path(), opts),
+        Err(StoreError::Locked { .. })
+    ));
 }

@@ -83,7 +83,7 @@ fn key(coll: &str, rest: &[u8]) -> Vec<u8> {
 
 /// Writes the fixture into `data_dir` (`db/` and `blobs/`).
 pub(super) fn write(data_dir: &Path) {
-    let db = sled::open(data_dir.join("db")).unwrap();
+    let db = super::raw_sled(&data_dir.join("db"));
     let meta = db.open_tree("meta").unwrap();
     let collections = db.open_tree("collections").unwrap();
     let items = db.open_tree("items").unwrap();
