@@ -105,7 +105,9 @@ pub struct NewItem {
     /// Explicit id, or `None` to have one generated.
     pub id: Option<String>,
     pub modality: String,
-    /// Original bytes; stored as a content-addressed file and used for deduplication.
+    /// Original bytes; stored as a content-addressed file and used for deduplication. Items
+    /// without content are never deduplicated (pass a text's UTF-8 bytes here to deduplicate
+    /// texts).
     pub content: Option<Vec<u8>>,
     pub content_type: Option<String>,
     pub text: Option<String>,
