@@ -9,6 +9,9 @@
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
 pub mod cli;
+pub mod config;
 pub mod embed;
+pub mod engine;
 pub mod index;
+pub mod ingest;
 pub mod store;

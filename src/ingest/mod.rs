@@ -1,0 +1,8 @@
+//! The path of an upload before it reaches the store: what a file is (detected from its bytes),
+//! and the bounded queue that runs encoder work off the async runtime.
+
+pub mod detect;
+pub mod queue;
+
+pub use detect::{detect, Detected};
+pub use queue::{EmbedQueue, QueueFull};
