@@ -2,8 +2,8 @@
 //!
 //! Vectors are kept back to back in one `Vec<f32>` with id <-> slot maps; a delete moves the
 //! last vector into the freed slot. A scan is one linear pass with a vectorised dot product and
-//! a bounded heap, so its cost is about the memory bandwidth: fine up to tens of thousands of
-//! vectors per query, and the reference the HNSW index is tested against.
+//! a bounded heap, so its cost is bound by memory bandwidth (a 512-d vector is 2 KiB). It is
+//! also the reference the HNSW index is tested against.
 //!
 //! Dump: one file `vectors-<tag>.bin`, little-endian: magic `OBFLAT01`, `dim: u64`,
 //! `count: u64`, `count` ids (`u64`), then `count * dim` values (`f32`), already normalised.

@@ -11,10 +11,11 @@
 //!   id or deleting it marks its previous internal id as a tombstone. A caller's filter is passed
 //!   to hnsw_rs's `search_filter` together with the tombstone check, so it is applied *inside*
 //!   the graph walk and `k` accepted results come back when they exist. Without a caller's
-//!   filter, tombstones are dropped from an ordinary walk's `ef` candidates, and the filtered
-//!   walk runs only if fewer than `k` live ones remain (hnsw_rs's filtered walk has no early
-//!   stop: even with a filter accepting everything it took 2.6 times as long as the plain walk,
-//!   10k 64-d vectors, unoptimised build). Tombstones still cost walk time and memory:
+//!   filter, tombstones are dropped from the candidates of an ordinary walk whose width is
+//!   raised from `ef` to `ef * points / live`, and the filtered walk runs only if fewer than
+//!   `k` live candidates remain: hnsw_rs's filtered walk has no early stop, and even with a
+//!   filter accepting everything it took 2.6 times as long as the plain walk (10k 64-d
+//!   vectors, unoptimised build). Tombstones still cost walk time and memory:
 //!   [`HnswIndex::needs_rebuild`] turns true once they reach [`IndexConfig::rebuild_ratio`]
 //!   (20%) of the graph's points; the index never rebuilds on its own.
 //! - **Kept vectors.** The wrapper keeps the live vectors in a dense `VectorStore`. It serves
@@ -26,6 +27,9 @@
 //!   and the kept vectors sit behind one `RwLock`: searches share it, inserts and deletes take it
 //!   exclusively (a batch takes it once per chunk of [`BATCH_CHUNK`] items, and within a chunk
 //!   inserts use hnsw_rs's parallel insert), so searches interleave with long batch inserts.
+//!   The parallel insert runs on rayon's global pool while the exclusive lock is held, so the
+//!   index must not be called from tasks of that pool: a worker the insert waits for could
+//!   pick up such a task and block on the lock for ever.
 //! - **Rebuild.** [`HnswIndex::rebuild`] copies the live vectors under a shared lock, builds a
 //!   new graph with no lock held (searches and writes go on against the old graph), then replays
 //!   the ids written meanwhile and swaps the graphs under the exclusive lock. Large backlogs are
@@ -198,13 +202,13 @@ impl Graph {
         }
     }
 
-    /// Walks the graph for up to `ef` candidates, at least `k` of them accepted when possible.
+    /// Walks the graph for up to `ef` accepted candidates, at least `k` of them when possible.
     ///
-    /// A caller's filter is always applied inside the walk. Tombstones alone are first skipped
-    /// after an ordinary walk, and inside a second, filtered walk only when fewer than `k` live
-    /// candidates remain: hnsw_rs's filtered walk never stops early (it expands every candidate
-    /// it queued), see the module documentation, while tombstones stay below
-    /// [`IndexConfig::rebuild_ratio`] of the points when the index is maintained.
+    /// A caller's filter is always applied inside the walk. Tombstones alone are handled more
+    /// cheaply, because hnsw_rs's filtered walk never stops early (it expands every candidate
+    /// it queued, see the module documentation): an ordinary walk widened by the share of
+    /// tombstones, so that about `ef` of its candidates are live, whose dead candidates the
+    /// caller drops; the filtered walk runs only when fewer than `k` live candidates remain.
     fn candidates(
         &self,
         query: &[f32],
@@ -213,9 +217,17 @@ impl Graph {
         filter: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<Neighbour> {
         if filter.is_none() {
-            let found = self.hnsw.search_filter(query, ef, ef, None);
-            let live = found.iter().filter(|n| self.accepts(n.d_id, None)).count();
-            if self.tombstones == 0 || live >= k {
+            if self.tombstones == 0 {
+                return self.hnsw.search_filter(query, ef, ef, None);
+            }
+            let points = self.points();
+            let live = (points - self.tombstones).max(1);
+            let widened = ef
+                .saturating_mul(points)
+                .div_ceil(live)
+                .clamp(ef, points.max(ef));
+            let found = self.hnsw.search_filter(query, widened, widened, None);
+            if found.iter().filter(|n| self.accepts(n.d_id, None)).count() >= k {
                 return found;
             }
         }
@@ -612,7 +624,13 @@ impl Index for HnswIndex {
         if params.exact || live < self.config.exact_threshold {
             return Ok(state.vectors.search(&query, k, filter));
         }
-        let ef = params.ef_search.unwrap_or(self.config.ef_search).max(k);
+        // hnsw_rs allocates its candidate heaps with capacity `ef`: bound both by the graph.
+        let k = k.min(live);
+        let ef = params
+            .ef_search
+            .unwrap_or(self.config.ef_search)
+            .min(state.graph.points())
+            .max(k);
         let hits = state.graph_search(&query, k, ef, filter);
         if hits.len() < k && hits.len() < live {
             // The walk found fewer than k accepted points: either fewer exist (a scan confirms

@@ -228,7 +228,9 @@ pub trait Index: Send + Sync {
     /// The `k` items most similar to `query`, best first.
     ///
     /// `filter`, when given, is evaluated on ids during the search (not on its output), so up
-    /// to `k` accepted items come back even when most items are rejected.
+    /// to `k` accepted items come back even when most items are rejected. It runs while the
+    /// index is read-locked: it must not call back into the index. When it accepts fewer than
+    /// `k` live items, an HNSW index walks its graph and then scans all vectors to make sure.
     fn search(
         &self,
         query: &[f32],
@@ -240,7 +242,7 @@ pub trait Index: Send + Sync {
     /// Writes a dump of the index to `dir` (created if missing), replacing any earlier dump
     /// there crash-safely. `stamp` is stored in the manifest for the caller to compare later
     /// (see [`read_dump_info`]), for instance the store's generation at the time of the save.
-    /// One save per directory at a time.
+    /// One save per directory at a time. Searches continue during a save; writes wait for it.
     fn save(&self, dir: &Path, stamp: u64) -> Result<()>;
 
     /// Whether deletions have degraded the index enough that [`Index::rebuild`] is worth it.

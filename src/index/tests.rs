@@ -300,6 +300,23 @@ fn scores_are_cosine_similarities_sorted_with_ties_by_id() {
 }
 
 #[test]
+fn huge_k_and_ef_return_every_item() {
+    for index in both_kinds(2) {
+        for id in 0..5u64 {
+            index.insert(id, &[1.0, id as f32]).unwrap();
+        }
+        let params = SearchParams {
+            ef_search: Some(usize::MAX),
+            exact: false,
+        };
+        let hits = index
+            .search(&[1.0, 0.0], usize::MAX, &params, None)
+            .unwrap();
+        assert_eq!(hits.len(), 5, "{:?}", index.kind());
+    }
+}
+
+#[test]
 fn delete_and_reinsert() {
     for index in both_kinds(3) {
         index.insert(1, &[1.0, 0.0, 0.0]).unwrap();
@@ -957,7 +974,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        // Failing cases are kept next to this file and replayed first on later runs.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     /// Random insert/delete/re-insert sequences: the flat index matches a naive computation,
     /// the HNSW index (graph always used) matches the flat index exactly, and its graph alone
