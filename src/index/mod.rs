@@ -5,8 +5,10 @@
 //! rebuilds, and saves/loads itself to a directory. It knows nothing of HTTP, of the durable
 //! item store or of encoders (it never imports axum, `crate::store` or `crate::embed`): the
 //! store is the source of truth, and an index dump is a cache the caller may always rebuild
-//! from it. Every failure comes back as an [`IndexError`]; no input, file or dump makes this
-//! module panic.
+//! from it. Failures come back as an [`IndexError`]: bad vectors, missing, truncated or
+//! corrupt dump files give errors, not panics. The one gap is a dump whose damaged files come
+//! with checksums forged to match: it reaches hnsw_rs's loader, whose panics are caught but
+//! whose `process::exit` calls (on some read errors) cannot be.
 //!
 //! - [`FlatIndex`] ([`flat`]): exact scan. Small collections, `exact: true` queries, and the
 //!   oracle of the tests.
@@ -367,9 +369,9 @@ fn check_dim(dim: usize) -> Result<()> {
 }
 
 /// Takes a lock even if a panicking thread poisoned it. The protected data stay memory-safe,
-/// and the only foreign code run under these locks is hnsw_rs's insert, which cannot panic on
-/// this module's distance; if it ever did, one partly linked graph point is a better outcome
-/// than failing every later call on the index.
+/// and the only foreign code run under a write lock is hnsw_rs's insert, which has no known
+/// panic with this module's distance; if it ever panicked, one partly linked graph point is a
+/// better outcome than failing every later call on the index.
 fn read_lock<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
