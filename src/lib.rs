@@ -8,6 +8,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod embed;

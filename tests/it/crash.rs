@@ -26,12 +26,22 @@ struct Acked {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(config: &Path, data: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_omnibind"))
-        .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,7 +57,10 @@ fn wait_ready(client: &reqwest::blocking::Client, base: &str) -> Duration {
                 return t.elapsed();
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "server did not become ready");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "server did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -109,8 +122,14 @@ fn acknowledged_uploads_survive_sigkill() {
         // Everything acknowledged so far is present, intact and searchable.
         let snapshot = acked.lock().unwrap().clone();
         for (id, item) in &snapshot {
-            let r = client.get(format!("{base}/v1/collections/c/items/{id}")).send().unwrap();
-            assert!(r.status().is_success(), "round {round}: acknowledged item {id} lost");
+            let r = client
+                .get(format!("{base}/v1/collections/c/items/{id}"))
+                .send()
+                .unwrap();
+            assert!(
+                r.status().is_success(),
+                "round {round}: acknowledged item {id} lost"
+            );
             let v: Value = r.json().unwrap();
             assert_eq!(v["metadata"], item.metadata, "round {round}: {id} metadata");
             let bytes = client
@@ -127,7 +146,11 @@ fn acknowledged_uploads_survive_sigkill() {
                 .unwrap()
                 .json()
                 .unwrap();
-            assert_eq!(hits["hits"][0]["id"], json!(id), "round {round}: {id} vector/index");
+            assert_eq!(
+                hits["hits"][0]["id"],
+                json!(id),
+                "round {round}: {id} vector/index"
+            );
         }
         if round == KILLS {
             let _ = server.kill();
@@ -138,7 +161,8 @@ fn acknowledged_uploads_survive_sigkill() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..WRITERS {
-            let (client, base, acked, stop) = (client.clone(), base.clone(), acked.clone(), stop.clone());
+            let (client, base, acked, stop) =
+                (client.clone(), base.clone(), acked.clone(), stop.clone());
             let counter = counter.clone();
             writers.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -147,25 +171,47 @@ fn acknowledged_uploads_survive_sigkill() {
                     let metadata = json!({"writer": w, "n": n});
                     let (content, req) = if n % 2 == 0 {
                         let text = format!("writer {w} item {n}");
-                        let body = json!({"items": [{"id": id, "text": text, "metadata": metadata}]});
-                        (text.into_bytes(), client.post(format!("{base}/v1/collections/c/items")).json(&body))
+                        let body =
+                            json!({"items": [{"id": id, "text": text, "metadata": metadata}]});
+                        (
+                            text.into_bytes(),
+                            client
+                                .post(format!("{base}/v1/collections/c/items"))
+                                .json(&body),
+                        )
                     } else {
                         let bytes = png(w, n);
                         let form = reqwest::blocking::multipart::Form::new()
-                            .part("file", reqwest::blocking::multipart::Part::bytes(bytes.clone()).file_name("x.png"))
+                            .part(
+                                "file",
+                                reqwest::blocking::multipart::Part::bytes(bytes.clone())
+                                    .file_name("x.png"),
+                            )
                             .text("id", id.clone())
                             .text("metadata", metadata.to_string());
-                        (bytes, client.post(format!("{base}/v1/collections/c/items")).multipart(form))
+                        (
+                            bytes,
+                            client
+                                .post(format!("{base}/v1/collections/c/items"))
+                                .multipart(form),
+                        )
                     };
                     match req.send() {
                         Ok(r) if r.status().is_success() => {
                             // A response cut off by the kill is no acknowledgement.
                             let Ok(v) = r.json::<Value>() else { break };
                             assert_eq!(v["items"][0]["status"], "created", "{v}");
-                            acked.lock().unwrap().insert(id, Acked { content, metadata });
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(id, Acked { content, metadata });
                         }
                         Ok(r) if r.status().as_u16() == 503 => {}
-                        Ok(r) => panic!("upload failed: {} {}", r.status(), r.text().unwrap_or_default()),
+                        Ok(r) => panic!(
+                            "upload failed: {} {}",
+                            r.status(),
+                            r.text().unwrap_or_default()
+                        ),
                         Err(_) => break, // the server is gone
                     }
                 }
@@ -187,5 +233,8 @@ fn acknowledged_uploads_survive_sigkill() {
         restart_times[restart_times.len() / 2],
         restart_times.last().unwrap()
     );
-    assert!(n >= 50, "too few uploads acknowledged to mean anything: {n}");
+    assert!(
+        n >= 50,
+        "too few uploads acknowledged to mean anything: {n}"
+    );
 }
