@@ -459,7 +459,11 @@ impl Engine {
 
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        self.store.delete_collection(name)?;
+        let store = self.store.clone();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || store.delete_collection(&n))
+            .await
+            .expect("store task")?;
         self.collections.write().expect("lock").remove(name);
         let _ = std::fs::remove_dir_all(self.index_dir(name));
         Ok(())
@@ -730,39 +734,51 @@ impl Engine {
         let _w = self.write_lock.lock().await;
         let store = self.store.clone();
         let cname = name.to_string();
-        let report = tokio::task::spawn_blocking(move || {
-            store.put_items(&cname, new_items, PutOptions::default())
+        let coll2 = coll.clone();
+        // Store commit (flushed) and index update run on a blocking thread, never on the async
+        // workers: both are disk- or CPU-bound.
+        let statuses = tokio::task::spawn_blocking(move || -> Result<Vec<ItemStatus>> {
+            let report = store.put_items(&cname, new_items, PutOptions::default())?;
+            let mut statuses = Vec::with_capacity(report.outcomes.len());
+            let mut fresh: Vec<(u64, &[f32])> = Vec::new();
+            for (i, outcome) in report.outcomes.iter().enumerate() {
+                let status = match outcome {
+                    PutOutcome::Inserted { seq, .. } => {
+                        fresh.push((*seq, &vectors[i]));
+                        "created"
+                    }
+                    PutOutcome::Replaced { seq, old_seq, .. } => {
+                        coll2.index.delete(*old_seq);
+                        coll2.payloads.write().expect("lock").remove(old_seq);
+                        fresh.push((*seq, &vectors[i]));
+                        "replaced"
+                    }
+                    PutOutcome::Duplicate { .. } => "duplicate",
+                };
+                statuses.push(ItemStatus {
+                    id: outcome.id().to_string(),
+                    modality: modalities[i].clone(),
+                    status: status.into(),
+                });
+            }
+            // Acknowledged in the store from here on; should indexing fail, the next start
+            // rebuilds the index from the store (its generation differs from the dump's).
+            coll2.index.insert_batch(&fresh)?;
+            for (seq, _) in &fresh {
+                let item = store.get_item_by_seq(&cname, *seq)?;
+                coll2
+                    .payloads
+                    .write()
+                    .expect("lock")
+                    .insert(*seq, Arc::new(payload_of(&item)));
+            }
+            if coll2.index.needs_rebuild() {
+                index::spawn_rebuild_if_needed(&coll2.index);
+            }
+            Ok(statuses)
         })
         .await
         .expect("store task")?;
-        let mut statuses = Vec::with_capacity(report.outcomes.len());
-        for (i, outcome) in report.outcomes.iter().enumerate() {
-            let (status, seq) = match outcome {
-                PutOutcome::Inserted { seq, .. } => ("created", Some(*seq)),
-                PutOutcome::Replaced { seq, old_seq, .. } => {
-                    coll.index.delete(*old_seq);
-                    coll.payloads.write().expect("lock").remove(old_seq);
-                    ("replaced", Some(*seq))
-                }
-                PutOutcome::Duplicate { .. } => ("duplicate", None),
-            };
-            if let Some(seq) = seq {
-                coll.index.insert(seq, &vectors[i])?;
-                let item = self.store.get_item_by_seq(name, seq)?;
-                coll.payloads
-                    .write()
-                    .expect("lock")
-                    .insert(seq, Arc::new(payload_of(&item)));
-            }
-            statuses.push(ItemStatus {
-                id: outcome.id().to_string(),
-                modality: modalities[i].clone(),
-                status: status.into(),
-            });
-        }
-        if coll.index.needs_rebuild() {
-            index::spawn_rebuild_if_needed(&coll.index);
-        }
         Ok(statuses)
     }
 
@@ -1055,7 +1071,10 @@ impl Engine {
                 .map(|d| d.stamp == generation)
                 .unwrap_or(false);
             if !matches {
-                c.index.save(&dir, generation)?;
+                let index = c.index.clone();
+                tokio::task::spawn_blocking(move || index.save(&dir, generation))
+                    .await
+                    .expect("index save task")?;
             }
         }
         Ok(())
