@@ -639,11 +639,13 @@ impl Engine {
                     }
                     to_embed.push(Input::Text(t.clone()));
                     embed_slots.push(i);
+                    // Texts are content like files: content-addressed, so an identical text
+                    // is reported as a duplicate instead of being stored twice.
                     Prepared {
                         id: item.id,
                         modality: Modality::Text,
                         metadata,
-                        content: None,
+                        content: Some((t.clone().into_bytes(), "text/plain; charset=utf-8")),
                         text: Some(t),
                         vector: None,
                     }
@@ -1162,3 +1164,6 @@ fn softmax_scores(v: &[f32], labels: &[Vec<f32>]) -> Vec<f32> {
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! Engine tests on the tiny CLIP fixture: uploads, searches, and index recovery across restarts.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::*;
+use crate::config::{Overrides, Settings};
+use crate::embed::ModelSpec;
+
+fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::load(
+        None,
+        &Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/clip/models/clip-tiny-quickgelu");
+    let mut spec = ModelSpec::new("tiny", model.to_str().unwrap());
+    spec.device = crate::embed::DeviceSpec::Cpu;
+    s.models = vec![spec];
+    s
+}
+
+fn open(dir: &Path) -> Engine {
+    let s = settings(dir);
+    Engine::open(&s, Registry::load(&s.models).unwrap()).unwrap()
+}
+
+fn text(t: &str, meta: serde_json::Value) -> NewInput {
+    NewInput {
+        id: None,
+        content: Content::Text(t.into()),
+        metadata: meta,
+    }
+}
+
+fn query(t: &str, k: usize) -> SearchRequest {
+    SearchRequest {
+        terms: vec![(QueryTerm::Text(t.into()), 1.0)],
+        k,
+        offset: 0,
+        filter: None,
+        min_score: None,
+        exact: false,
+        ef_search: None,
+    }
+}
+
+const TEXTS: [&str; 6] = [
+    "a dog",
+    "a cat",
+    "a red car",
+    "two birds",
+    "the sea",
+    "a mountain",
+];
+
+async fn filled(dir: &Path) -> Engine {
+    let e = open(dir);
+    e.create_collection(CreateCollection {
+        name: "c".into(),
+        model: "tiny".into(),
+        hnsw: None,
+        auto_tags: vec![],
+    })
+    .unwrap();
+    let items = TEXTS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| text(t, json!({"i": i, "even": i % 2 == 0})))
+        .collect();
+    let st = e.add_items("c", items).await.unwrap();
+    assert!(st
+        .iter()
+        .all(|s| s.status == "created" && s.modality == "text"));
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_text_finds_itself_first_and_filters_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    for t in TEXTS {
+        let hits = e.search("c", query(t, 3)).await.unwrap();
+        assert_eq!(
+            e.get_item("c", &hits[0].id).unwrap().text.as_deref(),
+            Some(t)
+        );
+        assert!(hits[0].score > 0.9999);
+    }
+    let mut q = query("a dog", 10);
+    q.filter = Some(serde_json::from_value(json!({"metadata": {"even": false}})).unwrap());
+    let hits = e.search("c", q).await.unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().all(|h| h.metadata["even"] == false));
+    // Duplicate content is reported, not stored twice.
+    let st = e
+        .add_items("c", vec![text("a dog", json!({}))])
+        .await
+        .unwrap();
+    assert_eq!(st[0].status, "duplicate");
+    assert_eq!(e.get_collection("c").unwrap().total, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_terms_are_a_normalised_sum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    let dog = e.search("c", query("a dog", 1)).await.unwrap()[0]
+        .id
+        .clone();
+    let mut q = query("a cat", 6);
+    q.terms = vec![
+        (QueryTerm::Item(dog.clone()), 1.0),
+        (QueryTerm::Text("a cat".into()), 1.0),
+    ];
+    q.exact = true;
+    let hits = e.search("c", q).await.unwrap();
+    // Expected: cosine with normalise(v_dog + v_cat), computed here from the stored vectors.
+    let v = |id: &str| {
+        e.store
+            .get_vector("c", e.store.get_item("c", id).unwrap().seq)
+            .unwrap()
+    };
+    let cat = hits
+        .iter()
+        .find(|h| e.get_item("c", &h.id).unwrap().text.as_deref() == Some("a cat"))
+        .unwrap();
+    let (a, b) = (v(&dog), v(&cat.id));
+    let mut sum: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    crate::embed::l2_normalize(&mut sum);
+    for h in &hits {
+        let x = v(&h.id);
+        let want: f32 = sum.iter().zip(&x).map(|(p, q)| p * q).sum();
+        assert!((h.score - want).abs() < 1e-5, "{} vs {want}", h.score);
+    }
+    // Terms that cancel out are refused.
+    let mut q = query("a dog", 3);
+    q.terms.push((QueryTerm::Text("a dog".into()), -1.0));
+    assert_eq!(e.search("c", q).await.unwrap_err().code(), "invalid_query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_loads_fresh_dumps_and_rebuilds_stale_or_corrupt_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let before = {
+        let e = filled(tmp.path()).await;
+        e.persist_indexes().await.unwrap();
+        // A write after the dump makes it stale.
+        e.add_items("c", vec![text("a green lizard", json!({}))])
+            .await
+            .unwrap();
+        e.search("c", query("a green lizard", 7)).await.unwrap()
+    };
+    let dump = tmp.path().join("index/c");
+    assert!(dump.join("manifest.json").exists());
+    let e = open(tmp.path());
+    assert_eq!(
+        e.search("c", query("a green lizard", 7)).await.unwrap(),
+        before
+    );
+    e.persist_indexes().await.unwrap();
+    drop(e);
+    // A fresh dump loads; a corrupted one is rebuilt from the store, without a panic.
+    let e = open(tmp.path());
+    assert_eq!(
+        e.search("c", query("a green lizard", 7)).await.unwrap(),
+        before
+    );
+    drop(e);
+    std::fs::write(dump.join("manifest.json"), b"{ not json").unwrap();
+    let e = open(tmp.path());
+    assert_eq!(
+        e.search("c", query("a green lizard", 7)).await.unwrap(),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_have_stable_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    let file = |b: &[u8]| NewInput {
+        id: None,
+        content: Content::File {
+            bytes: b.to_vec(),
+            modality: None,
+        },
+        metadata: json!({}),
+    };
+    let code = |r: Result<Vec<ItemStatus>>| r.unwrap_err().code();
+    assert_eq!(code(e.add_items("c", vec![file(b"")]).await), "empty_file");
+    assert_eq!(
+        code(e.add_items("c", vec![file(b"\x00\x01binary")]).await),
+        "unsupported_media_type"
+    );
+    assert_eq!(
+        code(
+            e.add_items("c", vec![file(b"\xFF\xD8\xFF\xE0\x00\x10JFIF")])
+                .await
+        ),
+        "invalid_media"
+    );
+    assert_eq!(
+        code(e.add_items("nope", vec![text("x", json!({}))]).await),
+        "collection_not_found"
+    );
+    let vec_item = |v: Vec<f32>| NewInput {
+        id: None,
+        content: Content::Vector(v),
+        metadata: json!({}),
+    };
+    assert_eq!(
+        code(e.add_items("c", vec![vec_item(vec![0.1; 3])]).await),
+        "wrong_dimension"
+    );
+    assert_eq!(
+        code(e.add_items("c", vec![vec_item(vec![f32::NAN; 16])]).await),
+        "non_finite_vector"
+    );
+    // All or nothing: a bad item in a batch stores nothing.
+    let err = e
+        .add_items("c", vec![text("fine", json!({})), file(b"")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("item 1:"), "{err}");
+    assert_eq!(e.get_collection("c").unwrap().total, 6);
+}
