@@ -1,6 +1,7 @@
 //! Decoding and preprocessing of raw inputs, one file per modality. Each function here turns
 //! user bytes or text into exactly the tensor layout the reference implementation feeds its model.
 
+pub mod audio;
 pub mod image;
 pub mod text;
 
