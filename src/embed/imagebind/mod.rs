@@ -12,10 +12,12 @@
 //! against outputs of the official code on committed random-weight checkpoints.
 
 pub mod config;
+pub mod encoder;
 pub mod model;
 pub mod npy;
 
 pub use config::{ImageBindConfig, InputConfig, TrunkConfig};
+pub use encoder::ImageBindEncoder;
 pub use model::{ImageBindModel, Tower, TowerModel};
 
 /// Licence of the official ImageBind weights.
