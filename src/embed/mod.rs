@@ -13,6 +13,7 @@
 pub mod clip;
 pub mod device;
 pub mod hub;
+pub mod imagebind;
 pub mod preprocess;
 pub mod registry;
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::clip::ClipEncoder;
 use super::device::{select_device, DeviceSpec, Precision};
 use super::hub::{resolve_model_dir, safetensors_shards, HubOptions};
+use super::imagebind::ImageBindEncoder;
 use super::{EmbedError, Encoder, Modality};
 
 /// One model to load, as written in configuration.
@@ -71,6 +72,9 @@ pub fn load_encoder(spec: &ModelSpec) -> Result<Arc<dyn Encoder>, EmbedError> {
     })?;
     match family {
         "clip" => Ok(Arc::new(ClipEncoder::load(&dir, spec, &device, dtype)?)),
+        "imagebind" => Ok(Arc::new(ImageBindEncoder::load(
+            &dir, spec, &device, dtype,
+        )?)),
         other => Err(EmbedError::Config(format!(
             "unsupported model family `{other}`"
         ))),
@@ -91,6 +95,8 @@ pub fn detect_family(config_json: &str) -> Option<&'static str> {
     };
     if model_type == "clip" || arch_is("CLIPModel") {
         Some("clip")
+    } else if model_type == "imagebind" {
+        Some("imagebind")
     } else {
         None
     }
@@ -227,6 +233,10 @@ mod tests {
             Some("clip")
         );
         assert_eq!(detect_family(r#"{"model_type": "bert"}"#), None);
+        assert_eq!(
+            detect_family(r#"{"model_type": "imagebind", "out_embed_dim": 1024}"#),
+            Some("imagebind")
+        );
         assert_eq!(detect_family("not json"), None);
     }
 

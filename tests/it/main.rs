@@ -3,3 +3,4 @@
 mod clip;
 mod common;
 mod crash;
+mod imagebind;

@@ -1,8 +1,12 @@
 //! Decoding and preprocessing of raw inputs, one file per modality. Each function here turns
 //! user bytes or text into exactly the tensor layout the reference implementation feeds its model.
 
+pub mod audio;
+pub mod depth;
 pub mod image;
+pub mod imu;
 pub mod text;
+pub mod thermal;
 
 /// Version of the preprocessing pipelines. Stored with every vector, so that a change of
 /// preprocessing (which silently changes embeddings) can be detected in stored data.

@@ -1,0 +1,329 @@
+//! [`ImageBindEncoder`]: an ImageBind model directory served through the [`Encoder`] trait.
+//!
+//! A directory holds `config.json` (`"model_type": "imagebind"`, see [`ImageBindConfig`]), the
+//! weights (`model.safetensors`, or the official state dict as `imagebind_huge.pth` or any single
+//! `*.pth`) and, for text, the CLIP `tokenizer.json`. Only the towers of the modalities the
+//! deployment lists are loaded. Each modality's inputs run in one forward pass per `max_batch`;
+//! vectors come back re-normalised (the official post-processors scale by a per-modality logit
+//! scale and average clips, so their outputs are not unit vectors).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use super::config::ImageBindConfig;
+use super::model::{ImageBindModel, Tower};
+use super::IMAGEBIND_LICENSE;
+use crate::embed::clip::l2_normalize_rows;
+use crate::embed::device::{device_name, dtype_name};
+use crate::embed::preprocess::audio::{self, AudioPreprocessConfig, Fbank};
+use crate::embed::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
+use crate::embed::preprocess::text::TextTokenizer;
+use crate::embed::preprocess::{depth, imu, thermal, PREPROCESS_VERSION};
+use crate::embed::registry::{card_license, read_to_string, sha256_files, var_builder, ModelSpec};
+use crate::embed::{EmbedError, Encoder, Input, Modality, ModelInfo};
+
+/// A loaded ImageBind model.
+pub struct ImageBindEncoder {
+    info: ModelInfo,
+    model: ImageBindModel,
+    tokenizer: Option<TextTokenizer>,
+    image_cfg: ImagePreprocessConfig,
+    fbank: Option<Fbank>,
+    audio_cfg: AudioPreprocessConfig,
+    device: Device,
+    dtype: DType,
+    max_batch: usize,
+}
+
+/// The weight file of an ImageBind directory.
+pub fn imagebind_weights(dir: &Path) -> Result<PathBuf, EmbedError> {
+    let st = dir.join("model.safetensors");
+    if st.is_file() {
+        return Ok(st);
+    }
+    let official = dir.join("imagebind_huge.pth");
+    if official.is_file() {
+        return Ok(official);
+    }
+    let pths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| EmbedError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pth"))
+        .collect();
+    match pths.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(EmbedError::ModelNotFound(format!(
+            "{} holds no model.safetensors or .pth checkpoint",
+            dir.display()
+        ))),
+        _ => Err(EmbedError::ModelNotFound(format!(
+            "{} holds several .pth files; keep one",
+            dir.display()
+        ))),
+    }
+}
+
+impl ImageBindEncoder {
+    /// Loads an ImageBind directory, only the towers of `spec.modalities` (all by default).
+    pub fn load(
+        dir: &Path,
+        spec: &ModelSpec,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EmbedError> {
+        let config_path = dir.join("config.json");
+        let config = ImageBindConfig::from_json(&read_to_string(&config_path)?)
+            .map_err(|e| EmbedError::Config(format!("{}: {e}", config_path.display())))?;
+        let available = config.modalities();
+        let wanted = spec.modalities.clone().unwrap_or_else(|| {
+            available
+                .iter()
+                .copied()
+                .filter(|m| *m != Modality::Video)
+                .collect()
+        });
+        if let Some(m) = wanted.iter().find(|m| !available.contains(m)) {
+            return Err(EmbedError::Config(format!(
+                "this ImageBind model has no {m} tower"
+            )));
+        }
+        if wanted.contains(&Modality::Video) {
+            return Err(EmbedError::Config(
+                "video input is not supported yet (no video decoder)".into(),
+            ));
+        }
+        let mut towers: Vec<Tower> = wanted.iter().map(|&m| Tower::of(m)).collect();
+        towers.dedup();
+        let weights = imagebind_weights(dir)?;
+        let files = vec![weights];
+        let vb = var_builder(&files, dtype, device)?;
+        let model = ImageBindModel::load(vb, &config, &towers)?;
+        let tokenizer = if wanted.contains(&Modality::Text) {
+            Some(TextTokenizer::from_file(
+                &dir.join("tokenizer.json"),
+                config.inputs.context_length,
+            )?)
+        } else {
+            None
+        };
+        let fbank = if wanted.contains(&Modality::Audio) {
+            Some(Fbank::new(
+                audio::SAMPLE_RATE,
+                config.inputs.audio_num_mel_bins,
+            )?)
+        } else {
+            None
+        };
+        let audio_cfg = AudioPreprocessConfig {
+            num_mel_bins: config.inputs.audio_num_mel_bins,
+            target_len: config.inputs.audio_target_len,
+            ..AudioPreprocessConfig::default()
+        };
+        let mut modalities: Vec<Modality> = Modality::ALL
+            .into_iter()
+            .filter(|m| wanted.contains(m))
+            .collect();
+        modalities.dedup();
+        let info = ModelInfo {
+            name: spec.name.clone(),
+            family: "imagebind".into(),
+            modalities,
+            dim: config.out_embed_dim,
+            device: device_name(device),
+            precision: dtype_name(dtype).into(),
+            license: card_license(dir).unwrap_or_else(|| IMAGEBIND_LICENSE.into()),
+            weights_sha256: sha256_files(&files)?,
+            preprocess_version: PREPROCESS_VERSION,
+        };
+        Ok(Self {
+            info,
+            model,
+            tokenizer,
+            image_cfg: ImagePreprocessConfig::clip(config.inputs.image_size as u32),
+            fbank,
+            audio_cfg,
+            device: device.clone(),
+            dtype,
+            max_batch: spec.max_batch.max(1),
+        })
+    }
+
+    pub fn model(&self) -> &ImageBindModel {
+        &self.model
+    }
+
+    fn unsupported(&self, modality: Modality) -> EmbedError {
+        EmbedError::UnsupportedModality {
+            model: self.info.name.clone(),
+            modality,
+            accepted: self
+                .info
+                .modalities
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Preprocesses one input of a tensor modality: the values and the number of clips.
+    fn preprocess(&self, m: Modality, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+        match m {
+            Modality::Image => preprocess_image(bytes, &self.image_cfg),
+            Modality::Audio => {
+                let fb = self.fbank.as_ref().ok_or_else(|| self.unsupported(m))?;
+                audio::preprocess(bytes, fb, &self.audio_cfg)
+            }
+            Modality::Depth => depth::preprocess(bytes),
+            Modality::Thermal => thermal::preprocess(bytes),
+            Modality::Imu => imu::preprocess(bytes),
+            other => Err(self.unsupported(other)),
+        }
+    }
+
+    /// Shape of one input (clips included) and its clip count.
+    fn input_shape(&self, m: Modality) -> (Vec<usize>, usize) {
+        let i = &self.model.config.inputs;
+        match m {
+            Modality::Image => (vec![3, i.image_size, i.image_size], 1),
+            Modality::Audio => (
+                vec![
+                    self.audio_cfg.clips,
+                    1,
+                    i.audio_num_mel_bins,
+                    i.audio_target_len,
+                ],
+                self.audio_cfg.clips,
+            ),
+            Modality::Depth | Modality::Thermal => (vec![1, i.image_size, i.image_size], 1),
+            _ => (vec![i.imu_channels, i.imu_len], 1),
+        }
+    }
+
+    /// Unit-norm embeddings `[n, dim]` of preprocessed inputs of one tensor modality.
+    pub fn embed_preprocessed(&self, m: Modality, inputs: &[&[f32]]) -> Result<Tensor, EmbedError> {
+        let tower = Tower::of(m);
+        if self.model.tower(tower).is_none() || m == Modality::Text {
+            return Err(self.unsupported(m));
+        }
+        let (shape, clips) = self.input_shape(m);
+        let per: usize = shape.iter().product();
+        let mut parts = Vec::new();
+        for chunk in inputs.chunks(self.max_batch) {
+            let mut data = Vec::with_capacity(chunk.len() * per);
+            for x in chunk {
+                if x.len() != per {
+                    return Err(EmbedError::InvalidInput(format!(
+                        "{m} input of {} values, expected {shape:?}",
+                        x.len()
+                    )));
+                }
+                data.extend_from_slice(x);
+            }
+            // Clips are rows of their own: [n * clips, ...].
+            let mut dims = vec![chunk.len() * clips];
+            dims.extend_from_slice(if clips > 1 { &shape[1..] } else { &shape[..] });
+            let xs = Tensor::from_vec(data, dims, &self.device)?.to_dtype(self.dtype)?;
+            let out = self.model.forward(tower, &xs, clips)?;
+            parts.push(l2_normalize_rows(&out.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Unit-norm text embeddings `[n, dim]`.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Tensor, EmbedError> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| self.unsupported(Modality::Text))?;
+        let mut parts = Vec::new();
+        for chunk in texts.chunks(self.max_batch) {
+            let batch = tok.encode_batch(chunk)?;
+            let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.seq_len), &self.device)?;
+            let out = self.model.forward_text(&ids, &batch.eos_positions)?;
+            parts.push(l2_normalize_rows(&out.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+}
+
+impl Encoder for ImageBindEncoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed_batch(
+        &self,
+        inputs: &[Input],
+    ) -> Result<Vec<Result<Vec<f32>, EmbedError>>, EmbedError> {
+        let mut out: Vec<Option<Result<Vec<f32>, EmbedError>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        let mut texts = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match input {
+                Input::Text(t) if self.tokenizer.is_some() => texts.push((i, t.as_str())),
+                other if !self.info.modalities.contains(&other.modality()) => {
+                    out[i] = Some(Err(self.unsupported(other.modality())))
+                }
+                _ => {}
+            }
+        }
+        if !texts.is_empty() {
+            let strs: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
+            let embs = self.embed_texts(&strs)?.to_vec2::<f32>()?;
+            for ((i, _), e) in texts.iter().zip(embs) {
+                out[*i] = Some(Ok(e));
+            }
+        }
+        for m in [
+            Modality::Image,
+            Modality::Audio,
+            Modality::Depth,
+            Modality::Thermal,
+            Modality::Imu,
+        ] {
+            let items: Vec<(usize, &[u8])> = inputs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| out[*i].is_none())
+                .filter_map(|(i, x)| match x {
+                    Input::Bytes { modality, bytes } if *modality == m => {
+                        Some((i, bytes.as_slice()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            let pre: Vec<_> = items
+                .par_iter()
+                .map(|(i, b)| (*i, self.preprocess(m, b)))
+                .collect();
+            let mut ok_idx = Vec::new();
+            let mut ok = Vec::new();
+            for (i, r) in pre {
+                match r {
+                    Ok(x) => {
+                        ok_idx.push(i);
+                        ok.push(x);
+                    }
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            if !ok.is_empty() {
+                let refs: Vec<&[f32]> = ok.iter().map(Vec::as_slice).collect();
+                let embs = self.embed_preprocessed(m, &refs)?.to_vec2::<f32>()?;
+                for (i, e) in ok_idx.into_iter().zip(embs) {
+                    out[i] = Some(Ok(e));
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(EmbedError::InvalidInput("input not handled".into()))))
+            .collect())
+    }
+}

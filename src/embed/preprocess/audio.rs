@@ -1,0 +1,487 @@
+//! Audio preprocessing of ImageBind: WAV decoding, resampling to 16 kHz, clip sampling and the
+//! Kaldi-compatible log-mel filterbank, as the official `data.py` does it
+//! (`load_and_transform_audio_data`, `waveform2melspec`).
+//!
+//! - Decoding: WAV (8/16/24/32-bit integer PCM, 32-bit float), samples scaled to [-1, 1) as
+//!   `torchaudio.load` does. Other containers are refused with [`EmbedError::UnsupportedFormat`].
+//! - Resampling: [`resample`] is torchaudio's `functional.resample` (windowed-sinc, Hann window,
+//!   6 zero crossings, roll-off 0.99), computed from the same kernel formula.
+//! - Clips: three 2-second clips starting at 0, (D-2)/3 and 2(D-2)/3 seconds of a D-second file
+//!   (pytorchvideo's `ConstantClipsPerVideoSampler` in exact rational arithmetic), cut at the end
+//!   of the file; each clip has its mean removed in place (the official code subtracts the mean
+//!   from a view of the waveform, so overlapping clips see each other's subtraction).
+//! - Filterbank: [`Fbank`] is `torchaudio.compliance.kaldi.fbank` with ImageBind's options
+//!   (128 bins, 25 ms Hann windows every 10 ms, pre-emphasis 0.97, DC removal, power spectrum,
+//!   no dither, no energy), of the first channel, computed in f64.
+//! - The `[mels, frames]` filterbank is cut or zero-padded to 204 frames, then normalised with
+//!   mean -4.268 and standard deviation 9.138.
+
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex};
+
+use crate::embed::EmbedError;
+
+/// The sample rate ImageBind's audio tower is trained on.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Normalisation of the filterbank (official `load_and_transform_audio_data` defaults).
+pub const FBANK_MEAN: f32 = -4.268;
+pub const FBANK_STD: f32 = 9.138;
+/// Longest accepted input, in samples per channel (one hour at 48 kHz).
+pub const MAX_SAMPLES: usize = 48_000 * 3600;
+
+/// Decoded audio: `channels` planar channels of equal length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waveform {
+    pub sample_rate: u32,
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl Waveform {
+    pub fn len(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Decodes a WAV file as `torchaudio.load` returns it: integer samples divided by 2^(bits-1)
+/// (8-bit samples are unsigned, centred on 128), float samples as stored.
+pub fn decode_wav(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        let what = if bytes.starts_with(b"ID3") || bytes.starts_with(&[0xff, 0xfb]) {
+            "MP3"
+        } else if bytes.starts_with(b"fLaC") {
+            "FLAC"
+        } else if bytes.starts_with(b"OggS") {
+            "Ogg"
+        } else {
+            "not a RIFF/WAVE file"
+        };
+        return Err(EmbedError::UnsupportedFormat(format!(
+            "audio must be WAV (PCM or float); got {what}"
+        )));
+    }
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
+        .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?;
+    let spec = reader.spec();
+    let ch = spec.channels as usize;
+    if ch == 0 || spec.sample_rate == 0 {
+        return Err(EmbedError::Decode(
+            "WAV with no channels or no sample rate".into(),
+        ));
+    }
+    let frames = reader.duration() as usize;
+    if frames > MAX_SAMPLES {
+        return Err(EmbedError::InvalidInput(format!(
+            "audio of {frames} samples per channel exceeds the limit of {MAX_SAMPLES}"
+        )));
+    }
+    let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader
+            .into_samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?,
+        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
+            let scale = (1u64 << (bits - 1)) as f64;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| (v as f64 / scale) as f32))
+                .collect::<Result<_, _>>()
+                .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?
+        }
+        (f, b) => {
+            return Err(EmbedError::UnsupportedFormat(format!(
+                "WAV with {b}-bit {f:?} samples"
+            )))
+        }
+    };
+    let mut channels = vec![Vec::with_capacity(frames); ch];
+    for frame in interleaved.chunks_exact(ch) {
+        for (c, &s) in frame.iter().enumerate() {
+            channels[c].push(s);
+        }
+    }
+    Ok(Waveform {
+        sample_rate: spec.sample_rate,
+        channels,
+    })
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// torchaudio's `functional.resample(x, orig, new)` with its defaults (`sinc_interp_hann`,
+/// `lowpass_filter_width` 6, `rolloff` 0.99). The kernel is built with the reference's formula
+/// and rounding (float64, the output phase offsets divided in float32, then the kernel rounded
+/// to float32); the convolution sums in f64.
+pub fn resample(x: &[f32], orig: u32, new: u32) -> Vec<f32> {
+    if orig == new || x.is_empty() {
+        return x.to_vec();
+    }
+    let g = gcd(orig as u64, new as u64);
+    let (of, nf) = ((orig as u64 / g) as usize, (new as u64 / g) as usize);
+    let lowpass = 6.0f64;
+    let base = of.min(nf) as f64 * 0.99;
+    let width = (lowpass * of as f64 / base).ceil() as usize;
+    let taps = 2 * width + of;
+    let mut kernel = vec![0f32; nf * taps];
+    for p in 0..nf {
+        // torch.arange(0, -new, -1) / new: an int64 tensor divided in float32.
+        let phase = (-(p as f32) / nf as f32) as f64;
+        for (j, k) in kernel[p * taps..(p + 1) * taps].iter_mut().enumerate() {
+            let idx = (j as f64 - width as f64) / of as f64;
+            let t = ((phase + idx) * base).clamp(-lowpass, lowpass);
+            let window = (t * std::f64::consts::PI / lowpass / 2.0).cos().powi(2);
+            let t = t * std::f64::consts::PI;
+            let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+            *k = (sinc * (window * (base / of as f64))) as f32;
+        }
+    }
+    let len = x.len();
+    let target = (nf as u128 * len as u128).div_ceil(of as u128) as usize;
+    // Input padded with `width` zeros on the left and `width + of` on the right.
+    let at = |i: isize| -> f64 {
+        if i < 0 || i as usize >= len {
+            0.0
+        } else {
+            x[i as usize] as f64
+        }
+    };
+    (0..target)
+        .map(|o| {
+            let (block, p) = (o / nf, o % nf);
+            let start = (block * of) as isize - width as isize;
+            let k = &kernel[p * taps..(p + 1) * taps];
+            k.iter()
+                .enumerate()
+                .map(|(j, &w)| w as f64 * at(start + j as isize))
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// Start samples of the `clips` clips of `clip_secs` seconds that pytorchvideo's
+/// `ConstantClipsPerVideoSampler` picks in `len` samples at `rate`, each `int(start * rate)`:
+/// clip k starts at k * max(D - clip_secs, 0) / clips seconds, D = len / rate (a float), in exact
+/// rational arithmetic as the reference's `Fraction`s.
+pub fn clip_starts(len: usize, rate: u32, clip_secs: u32, clips: usize) -> Vec<usize> {
+    let duration = len as f64 / rate as f64;
+    let max_start = (duration - clip_secs as f64).max(0.0);
+    // max_start = mant * 2^exp exactly.
+    let bits = max_start.to_bits();
+    let raw_exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mant, exp) = if raw_exp == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), raw_exp - 1075)
+    };
+    (0..clips)
+        .map(|k| {
+            // floor(mant * 2^exp * k * rate / clips)
+            // (floor(a / b) >> e equals floor(a / (b * 2^e)) for non-negative integers.)
+            let num = mant as u128 * k as u128 * rate as u128;
+            if exp >= 0 {
+                ((num << exp) / clips as u128) as usize
+            } else if -exp >= 128 {
+                0
+            } else {
+                ((num / clips as u128) >> (-exp) as u32) as usize
+            }
+        })
+        .collect()
+}
+
+/// The Kaldi filterbank of `torchaudio.compliance.kaldi.fbank` for one sample rate, with
+/// ImageBind's options.
+pub struct Fbank {
+    window_size: usize,
+    window_shift: usize,
+    padded: usize,
+    window: Vec<f32>,
+    /// Per mel bin: first FFT bin and the triangle's weights from there.
+    banks: Vec<(usize, Vec<f64>)>,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for Fbank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fbank")
+            .field("window_size", &self.window_size)
+            .field("window_shift", &self.window_shift)
+            .field("bins", &self.banks.len())
+            .finish()
+    }
+}
+
+fn mel(f: f64) -> f64 {
+    1127.0 * (1.0 + f / 700.0).ln()
+}
+
+impl Fbank {
+    /// 25 ms Hann windows every 10 ms, FFT size the next power of two, `num_mel_bins`
+    /// triangles from 20 Hz to Nyquist on Kaldi's mel scale.
+    pub fn new(sample_rate: u32, num_mel_bins: usize) -> Result<Self, EmbedError> {
+        let sr = sample_rate as f64;
+        // int(sample_frequency * ms * 0.001), as the reference.
+        let window_size = (sr * 25.0 * 0.001) as usize;
+        let window_shift = (sr * 10.0 * 0.001) as usize;
+        if window_size < 2 || window_shift == 0 || num_mel_bins < 4 {
+            return Err(EmbedError::InvalidInput(format!(
+                "sample rate {sample_rate} Hz is too low for a 25 ms filterbank"
+            )));
+        }
+        let padded = window_size.next_power_of_two();
+        let window: Vec<f32> = (0..window_size)
+            .map(|n| {
+                (0.5 - 0.5
+                    * (2.0 * std::f64::consts::PI * n as f64 / (window_size - 1) as f64).cos())
+                    as f32
+            })
+            .collect();
+        let nyquist = 0.5 * sr;
+        let (low, high) = (20.0, nyquist);
+        if low >= high {
+            return Err(EmbedError::InvalidInput(format!(
+                "sample rate {sample_rate} Hz is too low for a 20 Hz low cut"
+            )));
+        }
+        let fft_bin_width = sr / padded as f64;
+        let (mel_low, mel_high) = (mel(low), mel(high));
+        let delta = (mel_high - mel_low) / (num_mel_bins + 1) as f64;
+        let num_fft_bins = padded / 2;
+        let banks = (0..num_mel_bins)
+            .map(|b| {
+                let left = mel_low + b as f64 * delta;
+                let center = mel_low + (b as f64 + 1.0) * delta;
+                let right = mel_low + (b as f64 + 2.0) * delta;
+                let w: Vec<f64> = (0..num_fft_bins)
+                    .map(|i| {
+                        let m = mel(fft_bin_width * i as f64);
+                        let up = (m - left) / (center - left);
+                        let down = (right - m) / (right - center);
+                        up.min(down).max(0.0)
+                    })
+                    .collect();
+                let first = w.iter().position(|&v| v > 0.0).unwrap_or(0);
+                let last = w.iter().rposition(|&v| v > 0.0).map_or(first, |l| l + 1);
+                (first, w[first..last].to_vec())
+            })
+            .collect();
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(padded);
+        Ok(Self {
+            window_size,
+            window_shift,
+            padded,
+            window,
+            banks,
+            fft,
+        })
+    }
+
+    pub fn num_mel_bins(&self) -> usize {
+        self.banks.len()
+    }
+
+    /// Number of frames of `len` samples (edges snipped): 0 under one window.
+    pub fn num_frames(&self, len: usize) -> usize {
+        if len < self.window_size {
+            0
+        } else {
+            1 + (len - self.window_size) / self.window_shift
+        }
+    }
+
+    /// Log-mel energies `[frames][bins]` of a mono waveform.
+    pub fn compute(&self, x: &[f32]) -> Vec<Vec<f32>> {
+        let eps = f32::EPSILON as f64;
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0f64; self.padded / 2 + 1];
+        (0..self.num_frames(x.len()))
+            .map(|f| {
+                let frame = &x[f * self.window_shift..f * self.window_shift + self.window_size];
+                // DC removal, pre-emphasis and window in float32 like the reference, so the FFT
+                // sees the reference's input; the FFT and the mel sums run in f64.
+                let mean =
+                    (frame.iter().map(|&v| v as f64).sum::<f64>() / frame.len() as f64) as f32;
+                let mut prev = frame[0] - mean;
+                for (j, (&v, w)) in frame.iter().zip(&self.window).enumerate() {
+                    let cur = v - mean;
+                    // Pre-emphasis with the first sample as its own predecessor.
+                    let pre = if j == 0 {
+                        cur - 0.97 * cur
+                    } else {
+                        cur - 0.97 * prev
+                    };
+                    input[j] = (pre * w) as f64;
+                    prev = cur;
+                }
+                input[self.window_size..].iter_mut().for_each(|v| *v = 0.0);
+                self.fft
+                    .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
+                    .expect("buffers sized by the plan");
+                for (p, c) in power.iter_mut().zip(&spectrum) {
+                    *p = c.norm_sqr();
+                }
+                self.banks
+                    .iter()
+                    .map(|(first, w)| {
+                        let e: f64 = w.iter().zip(&power[*first..]).map(|(a, b)| a * b).sum();
+                        e.max(eps).ln() as f32
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Audio settings of the ImageBind tower.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioPreprocessConfig {
+    pub num_mel_bins: usize,
+    pub target_len: usize,
+    pub clip_secs: u32,
+    pub clips: usize,
+}
+
+impl Default for AudioPreprocessConfig {
+    fn default() -> Self {
+        Self {
+            num_mel_bins: 128,
+            target_len: 204,
+            clip_secs: 2,
+            clips: 3,
+        }
+    }
+}
+
+/// Per clip a `[mels * target_len]` filterbank, and the clips' sample ranges at 16 kHz.
+pub type ClipFbanks = (Vec<Vec<f32>>, Vec<(usize, usize)>);
+
+/// Clips of a decoded waveform as the official pipeline builds them: resampled to 16 kHz, cut
+/// into clips, each mean-removed in place, filterbank of the first channel `[mels][target_len]`
+/// (transposed, zero-padded or cut), not yet normalised. Also returns the clips' sample ranges.
+pub fn clip_fbanks(
+    wave: &Waveform,
+    fbank: &Fbank,
+    cfg: &AudioPreprocessConfig,
+) -> Result<ClipFbanks, EmbedError> {
+    if wave.is_empty() {
+        return Err(EmbedError::InvalidInput("audio has no samples".into()));
+    }
+    let mut chans: Vec<Vec<f32>> = wave
+        .channels
+        .iter()
+        .map(|c| resample(c, wave.sample_rate, SAMPLE_RATE))
+        .collect();
+    let len = chans[0].len();
+    let clip_len = cfg.clip_secs as usize * SAMPLE_RATE as usize;
+    let mut out = Vec::with_capacity(cfg.clips);
+    let mut ranges = Vec::with_capacity(cfg.clips);
+    for start in clip_starts(len, SAMPLE_RATE, cfg.clip_secs, cfg.clips) {
+        let end = (start + clip_len).min(len);
+        let start = start.min(end);
+        let n = (end - start) * chans.len();
+        let sum: f64 = chans
+            .iter()
+            .flat_map(|c| &c[start..end])
+            .map(|&v| v as f64)
+            .sum();
+        let mean = (sum / n.max(1) as f64) as f32;
+        for c in chans.iter_mut() {
+            c[start..end].iter_mut().for_each(|v| *v -= mean);
+        }
+        let frames = fbank.compute(&chans[0][start..end]);
+        if frames.is_empty() {
+            return Err(EmbedError::InvalidInput(format!(
+                "audio clip of {} samples is shorter than one 25 ms window",
+                end - start
+            )));
+        }
+        let bins = fbank.num_mel_bins();
+        let mut m = vec![0f32; bins * cfg.target_len];
+        for (t, row) in frames.iter().take(cfg.target_len).enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                m[b * cfg.target_len + t] = v;
+            }
+        }
+        out.push(m);
+        ranges.push((start, end));
+    }
+    Ok((out, ranges))
+}
+
+/// (x - mean) / std in f32, as torchvision's `Normalize` on the filterbank.
+pub fn normalize_fbank(m: &mut [f32]) {
+    m.iter_mut()
+        .for_each(|v| *v = (*v - FBANK_MEAN) / FBANK_STD);
+}
+
+/// WAV bytes to the audio tower's input: `clips` normalised `[1, mels, target_len]` filterbanks,
+/// concatenated.
+pub fn preprocess(
+    bytes: &[u8],
+    fbank: &Fbank,
+    cfg: &AudioPreprocessConfig,
+) -> Result<Vec<f32>, EmbedError> {
+    let wave = decode_wav(bytes)?;
+    let (clips, _) = clip_fbanks(&wave, fbank, cfg)?;
+    let mut out = clips.concat();
+    normalize_fbank(&mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_starts_follow_the_reference_fractions() {
+        // Values from the official get_clip_timepoints on the fixture files.
+        assert_eq!(clip_starts(14400, 16000, 2, 3), vec![0, 0, 0]);
+        assert_eq!(clip_starts(41600, 16000, 2, 3), vec![0, 3200, 6400]);
+        assert_eq!(clip_starts(64000, 16000, 2, 3), vec![0, 10666, 21333]);
+        assert_eq!(clip_starts(36800, 16000, 2, 3), vec![0, 1599, 3199]);
+        assert_eq!(clip_starts(131200, 16000, 2, 3), vec![0, 33066, 66133]);
+    }
+
+    #[test]
+    fn resample_keeps_length_rule_and_a_low_tone() {
+        let x: Vec<f32> = (0..4410)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 44100.0).sin())
+            .collect();
+        let y = resample(&x, 44100, 16000);
+        assert_eq!(y.len(), 1600);
+        // Away from the edges the tone is preserved.
+        for (i, v) in y.iter().enumerate().skip(100).take(1400) {
+            let want = (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin();
+            assert!((v - want).abs() < 2e-3, "{i}: {v} vs {want}");
+        }
+        assert_eq!(resample(&x, 16000, 16000), x);
+    }
+
+    #[test]
+    fn rejects_non_wav_and_short_audio() {
+        assert!(matches!(
+            decode_wav(b"fLaC\0\0\0\0\0\0\0\0"),
+            Err(EmbedError::UnsupportedFormat(_))
+        ));
+        assert!(decode_wav(b"RIFF\0\0\0\0WAVEjunk").is_err());
+        let fb = Fbank::new(16000, 128).unwrap();
+        let w = Waveform {
+            sample_rate: 16000,
+            channels: vec![vec![0.1; 300]],
+        };
+        assert!(clip_fbanks(&w, &fb, &AudioPreprocessConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Thermal images for ImageBind: 8- or 16-bit greyscale PNG or TIFF, scaled to [0, 1]
+//! (divided by 255 or 65535) and centre-cropped to `[1, 224, 224]`.
+//!
+//! The official ImageBind code ships no thermal loader; this layout is omnibind's and is exact
+//! to the reference *model* on the fixtures, not a claim about the released weights' training
+//! input.
+
+use super::depth::{centre_crop, SIZE};
+use crate::embed::EmbedError;
+
+/// Decodes a thermal image into [0, 1] intensities, row-major, with its height and width.
+pub fn decode_thermal(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedError> {
+    let format = if bytes.starts_with(b"\x89PNG") {
+        image::ImageFormat::Png
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        image::ImageFormat::Tiff
+    } else {
+        return Err(EmbedError::UnsupportedFormat(
+            "thermal images must be greyscale PNG or TIFF".into(),
+        ));
+    };
+    let img = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| EmbedError::Decode(format!("thermal image: {e}")))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let data = match img {
+        image::DynamicImage::ImageLuma8(g) => {
+            g.as_raw().iter().map(|&v| v as f32 / 255.0).collect()
+        }
+        image::DynamicImage::ImageLuma16(g) => {
+            g.as_raw().iter().map(|&v| v as f32 / 65535.0).collect()
+        }
+        other => {
+            return Err(EmbedError::InvalidInput(format!(
+                "thermal images must be 8- or 16-bit greyscale, got {:?}",
+                other.color()
+            )))
+        }
+    };
+    Ok((data, h, w))
+}
+
+/// Thermal bytes to the thermal tower's `[1, 224, 224]` input.
+pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+    let (data, h, w) = decode_thermal(bytes)?;
+    centre_crop(&data, h, w, SIZE)
+}
