@@ -2,3 +2,4 @@
 
 mod clip;
 mod common;
+mod server;
