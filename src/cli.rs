@@ -1,10 +1,20 @@
 //! Command-line commands. `main.rs` parses arguments with clap and calls into here.
+//!
+//! `embed` runs a model locally; `serve` runs the HTTP server; `search` and `ingest` are
+//! clients of a running server's HTTP API.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::app::{self, AppState};
+use crate::config::{Overrides, Settings};
+use crate::embed::registry::Registry;
+use crate::engine::Engine;
 
 use crate::embed::hub::HubOptions;
 use crate::embed::{load_encoder, DeviceSpec, Input, Modality, ModelSpec, Precision};
@@ -124,4 +134,585 @@ fn model_name(path: &str) -> String {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.to_string())
+}
+
+/// Arguments of `omnibind serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); its keys override the built-in defaults (see config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:6600 (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (overrides server.data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `omnibind serve`: loads the configuration and models, opens the data directory and serves
+/// the HTTP API until Ctrl-C or SIGTERM.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    let t = Instant::now();
+    let registry = Registry::load(&settings.models).context("loading the models")?;
+    let engine = Engine::open(&settings, registry).with_context(|| {
+        format!(
+            "opening the data directory {}",
+            settings.server.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        data_dir = %settings.server.data_dir.display(),
+        seconds = t.elapsed().as_secs_f64(),
+        "engine open"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr}");
+        let state = AppState::new(std::sync::Arc::new(engine), settings);
+        app::run(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C, or on SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Default address of the server for the client commands.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:6600";
+
+/// Arguments of `omnibind search`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["text", "file"])))]
+pub struct SearchArgs {
+    /// Collection to search.
+    #[arg(long)]
+    pub collection: String,
+    /// Search by this text.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Search by this file (image, text file).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Number of results.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Filter as JSON, e.g. '{"modality":["image"]}'.
+    #[arg(long, value_name = "JSON")]
+    pub filter: Option<String>,
+    /// Base URL of the server.
+    #[arg(long, env = "OMNIBIND_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+/// A blocking client of the HTTP API.
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// An error answer of the server, or a transport failure.
+#[derive(Debug)]
+enum CallError {
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    Transport(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Status {
+                status,
+                code,
+                message,
+                ..
+            } => write!(f, "{status} {code}: {message}"),
+            CallError::Transport(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl Client {
+    fn new(base: &str) -> Self {
+        Client {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(10))
+                .timeout_read(Duration::from_secs(600))
+                .build(),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn answer(&self, r: Result<ureq::Response, ureq::Error>) -> Result<Value, CallError> {
+        match r {
+            Ok(resp) => {
+                if resp.status() == 204 {
+                    return Ok(Value::Null);
+                }
+                resp.into_json()
+                    .map_err(|e| CallError::Transport(format!("reading the answer: {e}")))
+            }
+            Err(ureq::Error::Status(status, resp)) => {
+                let retry_after = resp
+                    .header("Retry-After")
+                    .and_then(|v| v.trim().parse().ok());
+                let body: Value = resp.into_json().unwrap_or(Value::Null);
+                Err(CallError::Status {
+                    status,
+                    code: body["error"]["code"].as_str().unwrap_or("").to_string(),
+                    message: body["error"]["message"].as_str().unwrap_or("").to_string(),
+                    retry_after,
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(CallError::Transport(format!(
+                "cannot reach the server at {}: {t}",
+                self.base
+            ))),
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<Value, CallError> {
+        self.answer(self.agent.get(&self.url(path)).call())
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Result<Value, CallError> {
+        self.answer(self.agent.post(&self.url(path)).send_json(body))
+    }
+
+    fn post_form(&self, path: &str, form: &Form) -> Result<Value, CallError> {
+        self.answer(
+            self.agent
+                .post(&self.url(path))
+                .set("Content-Type", &form.content_type())
+                .send_bytes(&form.body()),
+        )
+    }
+}
+
+/// A `multipart/form-data` body.
+struct Form {
+    boundary: String,
+    parts: Vec<u8>,
+}
+
+impl Form {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Form {
+            boundary: format!("omnibind-{nanos:x}-{:x}", std::process::id()),
+            parts: Vec::new(),
+        }
+    }
+
+    fn field(&mut self, name: &str, value: &str) {
+        self.parts.extend_from_slice(
+            format!(
+                "--{}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n",
+                self.boundary
+            )
+            .as_bytes(),
+        );
+        self.parts.extend_from_slice(value.as_bytes());
+        self.parts.extend_from_slice(b"\r\n");
+    }
+
+    fn file(&mut self, name: &str, filename: &str, bytes: &[u8]) {
+        let filename: String = filename
+            .chars()
+            .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+            .collect();
+        self.parts.extend_from_slice(
+            format!(
+                "--{}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+                self.boundary
+            )
+            .as_bytes(),
+        );
+        self.parts.extend_from_slice(bytes);
+        self.parts.extend_from_slice(b"\r\n");
+    }
+
+    fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut b = self.parts.clone();
+        b.extend_from_slice(format!("--{}--\r\n", self.boundary).as_bytes());
+        b
+    }
+}
+
+fn collection_path(name: &str) -> String {
+    format!("/v1/collections/{}", crate::api::encode_segment(name))
+}
+
+/// `omnibind search`: asks a running server and prints the hits as a table.
+pub fn search(args: SearchArgs) -> Result<()> {
+    let client = Client::new(&args.server);
+    let path = format!("{}/search", collection_path(&args.collection));
+    let filter: Option<Value> = args
+        .filter
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--filter is not valid JSON")?;
+    let answer = match (&args.text, &args.file) {
+        (Some(text), _) => {
+            let mut body = json!({"query": text, "k": args.k});
+            if let Some(f) = filter {
+                body["filter"] = f;
+            }
+            client.post_json(&path, &body)
+        }
+        (None, Some(file)) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let mut form = Form::new();
+            form.file("file", &file_name(file), &bytes);
+            form.field("k", &args.k.to_string());
+            if let Some(f) = filter {
+                form.field("filter", &f.to_string());
+            }
+            client.post_form(&path, &form)
+        }
+        (None, None) => bail!("give --text or --file"),
+    }?;
+    let hits = answer["hits"].as_array().cloned().unwrap_or_default();
+    print!("{}", hits_table(&hits));
+    Ok(())
+}
+
+/// The hits of a search as an aligned text table.
+fn hits_table(hits: &[Value]) -> String {
+    let rows: Vec<[String; 5]> = hits
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            [
+                (i + 1).to_string(),
+                format!("{:.4}", h["score"].as_f64().unwrap_or(f64::NAN)),
+                h["modality"].as_str().unwrap_or("").to_string(),
+                h["id"].as_str().unwrap_or("").to_string(),
+                h["metadata"].to_string(),
+            ]
+        })
+        .collect();
+    let head = ["rank", "score", "modality", "id", "metadata"];
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 4 {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(head);
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    if rows.is_empty() {
+        out.push_str("(no results)\n");
+    }
+    out
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into())
+}
+
+/// Arguments of `omnibind ingest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Collection to add to; created when missing.
+    #[arg(long)]
+    pub collection: String,
+    /// Model of the collection when it has to be created (default: the server's first model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Files per upload request.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub batch: u64,
+    /// Base URL of the server.
+    #[arg(long, env = "OMNIBIND_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Files and folders (walked recursively; hidden files and folders are skipped).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Most bytes of files in one upload request (below the default upload limit).
+const INGEST_MAX_REQUEST_BYTES: u64 = 64 << 20;
+/// Retries of a request the server refused as overloaded.
+const INGEST_OVERLOAD_RETRIES: u32 = 60;
+
+/// Counts of an ingest run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestSummary {
+    pub created: usize,
+    pub replaced: usize,
+    pub duplicate: usize,
+    pub failed: usize,
+}
+
+fn is_hidden(e: &walkdir::DirEntry) -> bool {
+    e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.')
+}
+
+/// The files under `paths`, in a stable order.
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>> {
+    let mut files = Vec::new();
+    for root in paths {
+        if !root.exists() {
+            bail!("{} does not exist", root.display());
+        }
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| !is_hidden(e));
+        for entry in walk {
+            let entry = entry?;
+            if entry.file_type().is_file() {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                files.push((entry.into_path(), len));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Uploads one batch; on an overloaded server waits and retries.
+fn upload(client: &Client, path: &str, batch: &[(PathBuf, u64)]) -> Result<Vec<Value>, CallError> {
+    let mut form = Form::new();
+    for (p, _) in batch {
+        let bytes = std::fs::read(p)
+            .map_err(|e| CallError::Transport(format!("reading {}: {e}", p.display())))?;
+        form.file("file", &file_name(p), &bytes);
+        form.field(
+            "metadata",
+            &json!({"path": p.display().to_string()}).to_string(),
+        );
+    }
+    let mut tries = 0;
+    loop {
+        match client.post_form(path, &form) {
+            Err(CallError::Status {
+                status: 503,
+                retry_after,
+                ..
+            }) if tries < INGEST_OVERLOAD_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 30)));
+            }
+            Err(e) => return Err(e),
+            Ok(v) => return Ok(v["items"].as_array().cloned().unwrap_or_default()),
+        }
+    }
+}
+
+/// `omnibind ingest`: uploads files to a running server in batches. Content the collection
+/// already holds is reported as a duplicate and not stored again, so rerunning after an
+/// interruption resumes where it stopped.
+pub fn ingest(args: IngestArgs) -> Result<IngestSummary> {
+    let client = Client::new(&args.server);
+    let cpath = collection_path(&args.collection);
+    match client.get(&cpath) {
+        Ok(_) => {}
+        Err(CallError::Status { status: 404, .. }) => {
+            let model = match &args.model {
+                Some(m) => m.clone(),
+                None => client.get("/v1/models")?["models"][0]["name"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the server has no model loaded"))?
+                    .to_string(),
+            };
+            client.post_json(
+                "/v1/collections",
+                &json!({"name": args.collection, "model": model}),
+            )?;
+            eprintln!(
+                "created collection `{}` with model `{model}`",
+                args.collection
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let files = collect_files(&args.paths)?;
+    let items_path = format!("{cpath}/items");
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let t = Instant::now();
+    let mut sum = IngestSummary::default();
+    let mut failures: Vec<String> = Vec::new();
+    let count = |sum: &mut IngestSummary, items: &[Value]| {
+        for it in items {
+            match it["status"].as_str() {
+                Some("created") => sum.created += 1,
+                Some("replaced") => sum.replaced += 1,
+                Some("duplicate") => sum.duplicate += 1,
+                _ => sum.failed += 1,
+            }
+        }
+    };
+    let mut start = 0;
+    while start < files.len() {
+        // Fill a batch up to `--batch` files and the byte cap (at least one file).
+        let mut end = start;
+        let mut bytes = 0;
+        while end < files.len()
+            && end - start < args.batch as usize
+            && (end == start || bytes + files[end].1 <= INGEST_MAX_REQUEST_BYTES)
+        {
+            bytes += files[end].1;
+            end += 1;
+        }
+        let batch = &files[start..end];
+        match upload(&client, &items_path, batch) {
+            Ok(items) => count(&mut sum, &items),
+            Err(CallError::Transport(m)) => {
+                bar.abandon();
+                bail!("{m}");
+            }
+            Err(e @ CallError::Status { status: 404, .. }) => {
+                bar.abandon();
+                bail!("{e}");
+            }
+            // Uploads are all or nothing: find the bad files by sending them one at a time.
+            Err(_) if batch.len() > 1 => {
+                for one in batch.chunks(1) {
+                    match upload(&client, &items_path, one) {
+                        Ok(items) => count(&mut sum, &items),
+                        Err(e @ CallError::Transport(_)) => {
+                            bar.abandon();
+                            bail!("{e}");
+                        }
+                        Err(e) => {
+                            sum.failed += 1;
+                            failures.push(format!("{}: {e}", one[0].0.display()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                sum.failed += 1;
+                failures.push(format!("{}: {e}", batch[0].0.display()));
+            }
+        }
+        bar.inc(batch.len() as u64);
+        bar.set_message(format!(
+            "created {}, duplicate {}, failed {}",
+            sum.created, sum.duplicate, sum.failed
+        ));
+        start = end;
+    }
+    bar.finish_and_clear();
+    for f in &failures {
+        eprintln!("failed: {f}");
+    }
+    println!(
+        "{} files in {:.1} s: created {}, replaced {}, duplicate {}, failed {}",
+        files.len(),
+        t.elapsed().as_secs_f64(),
+        sum.created,
+        sum.replaced,
+        sum.duplicate,
+        sum.failed
+    );
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_table_aligns_columns() {
+        let hits = vec![
+            json!({"id": "a", "score": 0.5, "modality": "image", "metadata": {"k": 1}}),
+            json!({"id": "longer-id", "score": -0.25, "modality": "text", "metadata": {}}),
+        ];
+        let t = hits_table(&hits);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "rank  score    modality  id         metadata");
+        assert_eq!(lines[1], "1     0.5000   image     a          {\"k\":1}");
+        assert_eq!(lines[2], "2     -0.2500  text      longer-id  {}");
+        assert_eq!(hits_table(&[]).lines().nth(1), Some("(no results)"));
+    }
+
+    #[test]
+    fn form_bodies_are_well_formed() {
+        let mut f = Form::new();
+        f.file("file", "a\"b.jpg", b"xyz");
+        f.field("k", "3");
+        let body = String::from_utf8(f.body()).unwrap();
+        let b = &f.boundary;
+        assert!(body.starts_with(&format!("--{b}\r\n")));
+        assert!(body.contains("filename=\"a_b.jpg\""));
+        assert!(body.ends_with(&format!("--{b}--\r\n")));
+    }
 }

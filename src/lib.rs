@@ -5,9 +5,13 @@
 //!   compute-device choice. Knows nothing of HTTP, storage or indexes.
 //! - [`index`]: approximate and exact nearest-neighbour indexes over embedding vectors.
 //! - [`store`]: durable storage of items, vectors and original content.
+//! - [`engine`]: collections binding a model, the store and an index; uploads and searches.
+//! - [`api`] and [`app`]: the HTTP API over the engine, and the server that runs it.
 //!
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
+pub mod api;
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;

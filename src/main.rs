@@ -11,18 +11,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP server.
+    Serve(omnibind::cli::ServeArgs),
     /// Embed images or texts with a model and print the vectors as JSON.
     Embed(omnibind::cli::EmbedArgs),
+    /// Search a collection of a running server and print the hits as a table.
+    Search(omnibind::cli::SearchArgs),
+    /// Upload files and folders to a collection of a running server (resumable).
+    Ingest(omnibind::cli::IngestArgs),
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Upload throughput and search latency of a running server, over HTTP.
+    Http(omnibind::bench::HttpBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The server reports its progress (address, models, shutdown) at `info`; the other
+    // commands print their results on standard output and only warnings on standard error.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,omnibind=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Serve(args) => omnibind::cli::serve(args),
         Command::Embed(args) => omnibind::cli::embed(args),
+        Command::Search(args) => omnibind::cli::search(args),
+        Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
+        Command::Ingest(args) => {
+            let summary = omnibind::cli::ingest(args)?;
+            if summary.failed > 0 {
+                anyhow::bail!("{} files could not be ingested", summary.failed);
+            }
+            Ok(())
+        }
     }
 }

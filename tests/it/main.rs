@@ -4,3 +4,4 @@ mod clip;
 mod common;
 mod crash;
 mod imagebind;
+mod server;

@@ -1,0 +1,352 @@
+//! The server: shared state, the router with its middleware, and `run`, which serves until a
+//! shutdown signal, then persists the indexes.
+//!
+//! Index dumps are a cache (the store is the truth): they are written every
+//! [`PERSIST_INTERVAL`] and at shutdown so that the next start loads instead of rebuilding.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::api::metrics::Metrics;
+use crate::api::{self, ApiError};
+use crate::config::Settings;
+use crate::engine::Engine;
+
+/// How often index dumps are written while serving.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What every handler shares; cloning copies a few `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
+        AppState {
+            engine,
+            settings: Arc::new(settings),
+            metrics: Arc::new(Metrics::default()),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// False once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// The API's routes with all middleware.
+pub fn router(state: AppState) -> Router {
+    let server = &state.settings.server;
+    // Upload routes take multipart bodies up to `upload_limit`; their JSON form is still held
+    // to `body_limit` by the extractor.
+    let upload = DefaultBodyLimit::max(server.upload_limit);
+    let routes = Router::new()
+        .route("/v1/models", get(api::models::list))
+        .route(
+            "/v1/collections",
+            get(api::collections::list).post(api::collections::create),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(api::collections::get).delete(api::collections::delete),
+        )
+        .route(
+            "/v1/collections/{name}/items",
+            get(api::items::list).post(api::items::add.layer(upload)),
+        )
+        .route(
+            "/v1/collections/{name}/items/{id}",
+            get(api::items::get).delete(api::items::delete),
+        )
+        .route(
+            "/v1/collections/{name}/items/{id}/content",
+            get(api::items::content),
+        )
+        .route(
+            "/v1/collections/{name}/search",
+            post(api::search::search.layer(upload)),
+        )
+        .route("/v1/embed", post(api::embed::embed.layer(upload)))
+        .route("/v1/classify", post(api::embed::classify.layer(upload)))
+        .route("/healthz", get(api::health::healthz))
+        .route("/readyz", get(api::health::readyz))
+        .route("/metrics", get(api::health::metrics))
+        .route("/openapi.json", get(api::openapi::spec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    with_middleware(routes, &state).with_state(state)
+}
+
+/// The middleware every route gets, outermost first: `X-Content-Type-Options: nosniff` on
+/// every answer; metrics by route template; panics become `500 internal_error`;
+/// `Authorization` is hidden from logs; tracing; any error
+/// answer produced without the API's body (timeouts, limits) gets it; `408` after
+/// `server.request_timeout_s`; bodies up to `server.body_limit` (upload routes raise it).
+pub fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let server = &state.settings.server;
+    let timeout = Duration::from_secs(server.request_timeout_s.max(1));
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                api::metrics::track,
+            ))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
+            .layer(TraceLayer::new_for_http())
+            .layer(middleware::from_fn(error_bodies))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                timeout,
+            ))
+            .layer(DefaultBodyLimit::max(server.body_limit)),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::from_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// Gives error answers that were made below the handlers (by tower layers or axum's own
+/// rejections) the API's JSON error body.
+async fn error_bodies(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let mut fixed = ApiError::from_status(status).into_response();
+    if let Some(v) = retry_after {
+        fixed.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    if let Some(v) = allow {
+        fixed.headers_mut().insert(header::ALLOW, v);
+    }
+    fixed
+}
+
+/// Persists the indexes on a blocking thread (dumps can be large).
+async fn persist(engine: &Arc<Engine>) {
+    let engine = engine.clone();
+    let handle = tokio::runtime::Handle::current();
+    let result =
+        tokio::task::spawn_blocking(move || handle.block_on(engine.persist_indexes())).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not persist the indexes"),
+        Err(e) => tracing::error!(error = %e, "index persistence task failed"),
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish and writes the index dumps.
+pub async fn run<F>(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let persister = {
+        let engine = state.engine.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + PERSIST_INTERVAL,
+                PERSIST_INTERVAL,
+            );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => persist(&engine).await,
+                    _ = stop.notified() => break,
+                }
+            }
+        })
+    };
+    let ready = state.ready.clone();
+    let app = router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await;
+    stop.notify_one();
+    let _ = persister.await;
+    persist(&state.engine).await;
+    tracing::info!("index dumps written");
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use crate::embed::registry::Registry;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// A server state without models (none are needed to test the middleware).
+    fn state(dir: &std::path::Path) -> AppState {
+        let mut settings = Settings::load(
+            None,
+            &Overrides {
+                listen: None,
+                data_dir: Some(dir.to_path_buf()),
+            },
+        )
+        .unwrap();
+        settings.models.clear();
+        settings.server.request_timeout_s = 1;
+        let engine = Engine::open(&settings, Registry::load(&[]).unwrap()).unwrap();
+        AppState::new(Arc::new(engine), settings)
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn timeouts_and_panics_answer_with_the_error_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let routes = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/panic",
+                get(|| async {
+                    if true {
+                        panic!("a bug");
+                    }
+                    "unreachable"
+                }),
+            );
+        let app = with_middleware(routes, &state).with_state(state.clone());
+        let t = std::time::Instant::now();
+        let (s, v) = call(&app, "GET", "/slow").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::REQUEST_TIMEOUT, Some("request_timeout"))
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let (s, v) = call(&app, "GET", "/panic").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some("internal_error"))
+        );
+        assert!(!v.to_string().contains("a bug"));
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_models_and_ends_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let app = router(state.clone());
+        let (s, v) = call(&app, "GET", "/readyz").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
+        );
+        let (s, v) = call(&app, "GET", "/healthz").await;
+        assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+        let (s, v) = call(&app, "GET", "/v1/models").await;
+        assert_eq!((s, v), (StatusCode::OK, serde_json::json!({"models": []})));
+        let (s, v) = call(&app, "POST", "/v1/models").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+        state.ready.store(false, Ordering::Relaxed);
+        let (s, v) = call(&app, "GET", "/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"));
+    }
+
+    #[tokio::test]
+    async fn run_stops_on_the_shutdown_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, state, async {
+            let _ = rx.await;
+        }));
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+    }
+}
