@@ -207,15 +207,15 @@ impl ClipConfig {
         let t = &self.text_config;
         let v = &self.vision_config;
         check(
-            t.num_attention_heads > 0 && t.hidden_size % t.num_attention_heads == 0,
+            t.num_attention_heads > 0 && t.hidden_size.is_multiple_of(t.num_attention_heads),
             "text hidden_size must be a multiple of num_attention_heads",
         )?;
         check(
-            v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads == 0,
+            v.num_attention_heads > 0 && v.hidden_size.is_multiple_of(v.num_attention_heads),
             "vision hidden_size must be a multiple of num_attention_heads",
         )?;
         check(
-            v.patch_size > 0 && v.image_size % v.patch_size == 0,
+            v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
             "image_size must be a multiple of patch_size",
         )?;
         check(self.projection_dim > 0, "projection_dim must be positive")

@@ -168,7 +168,7 @@ fn acknowledged_uploads_survive_sigkill() {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let id = format!("w{w}-{n}");
                     let metadata = json!({"writer": w, "n": n});
-                    let (content, req) = if n % 2 == 0 {
+                    let (content, req) = if n.is_multiple_of(2) {
                         let text = format!("writer {w} item {n}");
                         let body =
                             json!({"items": [{"id": id, "text": text, "metadata": metadata}]});

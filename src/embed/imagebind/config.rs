@@ -210,10 +210,15 @@ impl ImageBindConfig {
         }
         let i = &self.inputs;
         let [kt, kh, kw] = i.vision_kernel;
-        if kt == 0 || kh == 0 || kw == 0 || i.image_size % kh != 0 || i.image_size % kw != 0 {
+        if kt == 0
+            || kh == 0
+            || kw == 0
+            || !i.image_size.is_multiple_of(kh)
+            || !i.image_size.is_multiple_of(kw)
+        {
             return Err("image_size must be a multiple of the vision kernel".into());
         }
-        if i.video_frames % kt != 0 {
+        if !i.video_frames.is_multiple_of(kt) {
             return Err("video_frames must be a multiple of the temporal kernel".into());
         }
         if i.audio_kernel == 0
@@ -224,11 +229,11 @@ impl ImageBindConfig {
             return Err("the audio stem does not fit the filterbank".into());
         }
         for (name, k) in [("depth", i.depth_kernel), ("thermal", i.thermal_kernel)] {
-            if k == 0 || i.image_size % k != 0 {
+            if k == 0 || !i.image_size.is_multiple_of(k) {
                 return Err(format!("image_size must be a multiple of {name}_kernel"));
             }
         }
-        if i.imu_kernel == 0 || i.imu_len % i.imu_kernel != 0 {
+        if i.imu_kernel == 0 || !i.imu_len.is_multiple_of(i.imu_kernel) {
             return Err("imu_len must be a multiple of imu_kernel".into());
         }
         if i.context_length == 0 || i.vocab_size == 0 {

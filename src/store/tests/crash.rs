@@ -44,7 +44,11 @@ fn crash_child() {
         let batch = ids
             .iter()
             .map(|id| {
-                let modality = if k_of(id) % 2 == 0 { "image" } else { "audio" };
+                let modality = if k_of(id).is_multiple_of(2) {
+                    "image"
+                } else {
+                    "audio"
+                };
                 item(Some(id), modality, Some(&content_of(id)), k_of(id))
             })
             .collect();
