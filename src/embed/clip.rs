@@ -20,7 +20,6 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{
     layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
 };
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::device::{device_name, dtype_name};
@@ -30,7 +29,7 @@ use super::preprocess::PREPROCESS_VERSION;
 use super::registry::{
     card_license, read_to_string, sha256_files, var_builder, weight_files, ModelSpec,
 };
-use super::{EmbedError, Encoder, Input, Modality, ModelInfo};
+use super::{embed_in_parallel, BatchSlots, EmbedError, Encoder, Input, Modality, ModelInfo};
 
 /// Activation of the MLP blocks, named as in Hugging Face's `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -774,8 +773,7 @@ impl Encoder for ClipEncoder {
         &self,
         inputs: &[Input],
     ) -> std::result::Result<Vec<std::result::Result<Vec<f32>, EmbedError>>, EmbedError> {
-        let mut out: Vec<Option<std::result::Result<Vec<f32>, EmbedError>>> =
-            (0..inputs.len()).map(|_| None).collect();
+        let mut out: BatchSlots = (0..inputs.len()).map(|_| None).collect();
         let mut texts = Vec::new();
         let mut images = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
@@ -796,29 +794,12 @@ impl Encoder for ClipEncoder {
             }
         }
         if !images.is_empty() {
-            // Decoding dominates small models: decode in parallel, then one forward pass.
-            let pre: Vec<_> = images
-                .par_iter()
-                .map(|(i, b)| (*i, self.preprocess_image(b)))
-                .collect();
-            let mut ok_idx = Vec::new();
-            let mut ok_px = Vec::new();
-            for (i, r) in pre {
-                match r {
-                    Ok(px) => {
-                        ok_idx.push(i);
-                        ok_px.push(px);
-                    }
-                    Err(e) => out[i] = Some(Err(e)),
-                }
-            }
-            if !ok_px.is_empty() {
-                let refs: Vec<&[f32]> = ok_px.iter().map(Vec::as_slice).collect();
-                let embs = self.embed_pixels(&refs)?.to_vec2::<f32>()?;
-                for (i, e) in ok_idx.into_iter().zip(embs) {
-                    out[i] = Some(Ok(e));
-                }
-            }
+            embed_in_parallel(
+                &images,
+                |b| self.preprocess_image(b),
+                |px| Ok(self.embed_pixels(px)?.to_vec2::<f32>()?),
+                &mut out,
+            )?;
         }
         Ok(out
             .into_iter()

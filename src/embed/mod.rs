@@ -198,6 +198,45 @@ impl EmbedError {
     }
 }
 
+/// One answer per input of a batch, filled in as each modality is processed.
+pub(crate) type BatchSlots = Vec<Option<Result<Vec<f32>, EmbedError>>>;
+
+/// Preprocesses `items` (input position, raw bytes) in parallel, embeds the ones that succeeded
+/// in one call, and writes each input's vector or error into `out` at its position.
+pub(crate) fn embed_in_parallel<P, E>(
+    items: &[(usize, &[u8])],
+    preprocess: P,
+    embed: E,
+    out: &mut BatchSlots,
+) -> Result<(), EmbedError>
+where
+    P: Fn(&[u8]) -> Result<Vec<f32>, EmbedError> + Sync,
+    E: FnOnce(&[&[f32]]) -> Result<Vec<Vec<f32>>, EmbedError>,
+{
+    use rayon::prelude::*;
+    // Decoding dominates small models: decode in parallel, then one forward pass.
+    let pre: Vec<(usize, Result<Vec<f32>, EmbedError>)> =
+        items.par_iter().map(|(i, b)| (*i, preprocess(b))).collect();
+    let mut ok_idx = Vec::new();
+    let mut ok = Vec::new();
+    for (i, r) in pre {
+        match r {
+            Ok(x) => {
+                ok_idx.push(i);
+                ok.push(x);
+            }
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    if !ok.is_empty() {
+        let refs: Vec<&[f32]> = ok.iter().map(Vec::as_slice).collect();
+        for (i, e) in ok_idx.into_iter().zip(embed(&refs)?) {
+            out[i] = Some(Ok(e));
+        }
+    }
+    Ok(())
+}
+
 /// Scales a vector to unit L2 norm in place (a zero or non-finite vector is left as it is).
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();

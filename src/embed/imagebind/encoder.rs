@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::embed::{embed_in_parallel, BatchSlots};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use super::config::ImageBindConfig;
 use super::model::{ImageBindModel, Tower};
@@ -258,8 +258,7 @@ impl Encoder for ImageBindEncoder {
         &self,
         inputs: &[Input],
     ) -> Result<Vec<Result<Vec<f32>, EmbedError>>, EmbedError> {
-        let mut out: Vec<Option<Result<Vec<f32>, EmbedError>>> =
-            (0..inputs.len()).map(|_| None).collect();
+        let mut out: BatchSlots = (0..inputs.len()).map(|_| None).collect();
         let mut texts = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             match input {
@@ -298,28 +297,12 @@ impl Encoder for ImageBindEncoder {
             if items.is_empty() {
                 continue;
             }
-            let pre: Vec<_> = items
-                .par_iter()
-                .map(|(i, b)| (*i, self.preprocess(m, b)))
-                .collect();
-            let mut ok_idx = Vec::new();
-            let mut ok = Vec::new();
-            for (i, r) in pre {
-                match r {
-                    Ok(x) => {
-                        ok_idx.push(i);
-                        ok.push(x);
-                    }
-                    Err(e) => out[i] = Some(Err(e)),
-                }
-            }
-            if !ok.is_empty() {
-                let refs: Vec<&[f32]> = ok.iter().map(Vec::as_slice).collect();
-                let embs = self.embed_preprocessed(m, &refs)?.to_vec2::<f32>()?;
-                for (i, e) in ok_idx.into_iter().zip(embs) {
-                    out[i] = Some(Ok(e));
-                }
-            }
+            embed_in_parallel(
+                &items,
+                |b| self.preprocess(m, b),
+                |x| Ok(self.embed_preprocessed(m, x)?.to_vec2::<f32>()?),
+                &mut out,
+            )?;
         }
         Ok(out
             .into_iter()
