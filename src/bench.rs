@@ -36,6 +36,10 @@ pub struct HttpBenchArgs {
     pub seed: u64,
 }
 
+/// Vectors per fill request: a 512-d vector takes about 11 KB as JSON, and the default JSON
+/// body limit is 2 MiB.
+const FILL_CHUNK: usize = 100;
+
 struct Client {
     agent: ureq::Agent,
     base: String,
@@ -229,11 +233,11 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
     )?;
     let data = clustered_vectors(args.items, dim, &mut rng);
     let t = Instant::now();
-    for (c, chunk) in data.chunks(500).enumerate() {
+    for (c, chunk) in data.chunks(FILL_CHUNK).enumerate() {
         let items: Vec<Value> = chunk
             .iter()
             .enumerate()
-            .map(|(i, v)| json!({"vector": v, "metadata": {"group": (c * 500 + i) % 10}}))
+            .map(|(i, v)| json!({"vector": v, "metadata": {"group": (c * FILL_CHUNK + i) % 10}}))
             .collect();
         client.json(
             "POST",
