@@ -230,3 +230,51 @@ async fn bad_inputs_have_stable_codes() {
     assert!(err.to_string().starts_with("item 1:"), "{err}");
     assert_eq!(e.get_collection("c").unwrap().total, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_tags_store_the_top_labels_and_are_filterable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let labels: Vec<String> = ["dog", "cat", "car", "tree", "boat"]
+        .map(String::from)
+        .to_vec();
+    e.create_collection(CreateCollection {
+        name: "t".into(),
+        model: "tiny".into(),
+        hnsw: None,
+        auto_tags: labels.clone(),
+    })
+    .unwrap();
+    let st = e
+        .add_items("t", vec![text("a small boat at sea", json!({"k": 1}))])
+        .await
+        .unwrap();
+    let item = e.get_item("t", &st[0].id).unwrap();
+    // The stored tags are the classifier's top three for the same input, in order.
+    let ranked = e
+        .classify(
+            "tiny",
+            QueryTerm::Text("a small boat at sea".into()),
+            labels,
+            None,
+        )
+        .await
+        .unwrap();
+    let want: Vec<&str> = ranked
+        .iter()
+        .take(AUTO_TAGS_TOP)
+        .map(|l| l.label.as_str())
+        .collect();
+    assert_eq!(item.metadata["tags"], json!(want));
+    assert_eq!(item.metadata["k"], 1);
+    let mut q = query("anything", 5);
+    q.filter = Some(serde_json::from_value(json!({"metadata": {"tags": want[0]}})).unwrap());
+    assert_eq!(e.search("t", q).await.unwrap().len(), 1);
+    let mut q = query("anything", 5);
+    let absent = ["dog", "cat", "car", "tree", "boat"]
+        .into_iter()
+        .find(|l| !want.contains(l))
+        .unwrap();
+    q.filter = Some(serde_json::from_value(json!({"metadata": {"tags": absent}})).unwrap());
+    assert!(e.search("t", q).await.unwrap().is_empty());
+}
