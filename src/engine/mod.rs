@@ -953,11 +953,16 @@ impl Engine {
         let hits = tokio::task::spawn_blocking(move || {
             let payloads = coll2.payloads.read().expect("lock");
             let filter_fn = |seq: u64| match (&matcher, payloads.get(&seq)) {
-                (_, None) => false,
-                (None, Some(_)) => true,
                 (Some(m), Some(p)) => m.matches(&p.modality, &p.metadata),
+                _ => false,
             };
-            let hits = coll2.index.search(&q, want, &params, Some(&filter_fn))?;
+            // Without a filter the index takes its unfiltered (faster) graph walk; hits whose
+            // payload is missing are dropped below either way.
+            let filter: Option<&dyn Fn(u64) -> bool> = match matcher {
+                Some(_) => Some(&filter_fn),
+                None => None,
+            };
+            let hits = coll2.index.search(&q, want, &params, filter)?;
             Ok::<_, EngineError>(
                 hits.into_iter()
                     .filter_map(|h| payloads.get(&h.id).map(|p| (h.score, p.clone())))
