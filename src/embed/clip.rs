@@ -16,13 +16,14 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{
     layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
 };
 use serde::Deserialize;
 
 use super::device::{device_name, dtype_name};
+use super::layers::{causal_mask, forward_in_chunks, FusedSelfAttention};
 use super::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
 use super::preprocess::text::TextTokenizer;
 use super::preprocess::PREPROCESS_VERSION;
@@ -221,54 +222,18 @@ impl ClipConfig {
     }
 }
 
-/// Multi-head self-attention with one fused q/k/v projection.
-#[derive(Debug, Clone)]
-struct Attention {
-    qkv: Linear,
-    out_proj: Linear,
-    num_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn new(vb: VarBuilder, hidden: usize, num_heads: usize) -> Result<Self> {
-        let head_dim = hidden / num_heads;
-        let scale = (head_dim as f64).powf(-0.5);
-        let q = linear(hidden, hidden, vb.pp("q_proj"))?;
-        let k = linear(hidden, hidden, vb.pp("k_proj"))?;
-        let v = linear(hidden, hidden, vb.pp("v_proj"))?;
-        // Fold the 1/sqrt(head_dim) scale into the query weights: (xW + b)s = x(Ws) + bs.
-        let weight = Tensor::cat(&[&(q.weight() * scale)?, k.weight(), v.weight()], 0)?;
-        let bias = match (q.bias(), k.bias(), v.bias()) {
-            (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[&(qb * scale)?, kb, vb], 0)?),
-            _ => None,
-        };
-        Ok(Self {
-            qkv: Linear::new(weight, bias),
-            out_proj: linear(hidden, hidden, vb.pp("out_proj"))?,
-            num_heads,
-            head_dim,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, c) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, n, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?; // 3, b, heads, n, head_dim
-        let q = qkv.i(0)?.contiguous()?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let mut attn = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            attn = attn.broadcast_add(mask)?;
-        }
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
-        self.out_proj.forward(&out)
-    }
+/// CLIP's attention weights (`q_proj`, `k_proj`, `v_proj`, `out_proj`) as one fused projection.
+fn attention(vb: VarBuilder, hidden: usize, num_heads: usize) -> Result<FusedSelfAttention> {
+    let q = linear(hidden, hidden, vb.pp("q_proj"))?;
+    let k = linear(hidden, hidden, vb.pp("k_proj"))?;
+    let v = linear(hidden, hidden, vb.pp("v_proj"))?;
+    let weight = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
+    let bias = match (q.bias(), k.bias(), v.bias()) {
+        (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[qb, kb, vb], 0)?),
+        _ => None,
+    };
+    let out_proj = linear(hidden, hidden, vb.pp("out_proj"))?;
+    FusedSelfAttention::new(weight, bias, out_proj, num_heads, None)
 }
 
 #[derive(Debug, Clone)]
@@ -298,7 +263,7 @@ impl Module for Mlp {
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    self_attn: Attention,
+    self_attn: FusedSelfAttention,
     layer_norm2: LayerNorm,
     mlp: Mlp,
 }
@@ -328,7 +293,7 @@ impl EncoderLayer {
     fn new(vb: VarBuilder, d: &TowerDims) -> Result<Self> {
         Ok(Self {
             layer_norm1: ln(d.hidden, d.eps, vb.pp("layer_norm1"))?,
-            self_attn: Attention::new(vb.pp("self_attn"), d.hidden, d.heads)?,
+            self_attn: attention(vb.pp("self_attn"), d.hidden, d.heads)?,
             layer_norm2: ln(d.hidden, d.eps, vb.pp("layer_norm2"))?,
             mlp: Mlp::new(vb.pp("mlp"), d.hidden, d.intermediate, d.act)?,
         })
@@ -400,13 +365,6 @@ impl ClipTextTransformer {
         })
     }
 
-    fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-        let mask: Vec<f32> = (0..seq_len)
-            .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        Tensor::from_vec(mask, (1, 1, seq_len, seq_len), device)?.to_dtype(dtype)
-    }
-
     /// Hidden state at `pool_positions[i]` (the end-of-text token) of each sequence in the
     /// `[batch, seq]` u32 token matrix.
     pub fn forward_pooled(&self, input_ids: &Tensor, pool_positions: &[usize]) -> Result<Tensor> {
@@ -424,7 +382,7 @@ impl ClipTextTransformer {
             .token_embedding
             .forward(input_ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, seq_len)?)?;
-        let mask = Self::causal_mask(seq_len, xs.dtype(), xs.device())?;
+        let mask = causal_mask(seq_len, xs.dtype(), xs.device())?;
         let xs = self.encoder.forward(&xs, Some(&mask))?;
         // Only the pooled rows are needed: select them before the final LayerNorm (row-wise).
         let idx: Vec<u32> = pool_positions
@@ -573,11 +531,6 @@ impl ClipModel {
     }
 }
 
-/// Divides each row by its L2 norm.
-pub fn l2_normalize_rows(xs: &Tensor) -> Result<Tensor> {
-    xs.broadcast_div(&xs.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
-}
-
 /// A loaded CLIP model served through the [`Encoder`](crate::embed::Encoder) trait: text and
 /// image inputs, preprocessing as the reference does, batches split at `max_batch`.
 pub struct ClipEncoder {
@@ -691,14 +644,11 @@ impl ClipEncoder {
             .tokenizer
             .as_ref()
             .ok_or_else(|| self.unsupported(Modality::Text))?;
-        let mut parts = Vec::new();
-        for chunk in texts.chunks(self.max_batch) {
+        forward_in_chunks(texts, self.max_batch, |chunk| {
             let batch = tok.encode_batch(chunk)?;
             let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.seq_len), &self.device)?;
-            let feats = self.model.get_text_features(&ids, &batch.eos_positions)?;
-            parts.push(l2_normalize_rows(&feats.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
-        }
-        Ok(Tensor::cat(&parts, 0)?)
+            Ok(self.model.get_text_features(&ids, &batch.eos_positions)?)
+        })
     }
 
     /// L2-normalised image embeddings for preprocessed pixels (`[3, h, w]` f32 each).
@@ -706,42 +656,32 @@ impl ClipEncoder {
         if self.model.vision.is_none() {
             return Err(self.unsupported(Modality::Image));
         }
+        forward_in_chunks(images, self.max_batch, |chunk| {
+            Ok(self.model.get_image_features(&self.pixel_tensor(chunk)?)?)
+        })
+    }
+
+    /// `[n, 3, h, w]` pixels in the model's dtype on its device, each input's size checked.
+    fn pixel_tensor(&self, images: &[&[f32]]) -> std::result::Result<Tensor, EmbedError> {
         let (h, w) = self.image_cfg.output_size();
         let (h, w) = (h as usize, w as usize);
-        let mut parts = Vec::new();
-        for chunk in images.chunks(self.max_batch) {
-            let mut data = Vec::with_capacity(chunk.len() * 3 * h * w);
-            for px in chunk {
-                if px.len() != 3 * h * w {
-                    return Err(EmbedError::InvalidInput(format!(
-                        "pixel tensor of {} values, expected 3x{h}x{w}",
-                        px.len()
-                    )));
-                }
-                data.extend_from_slice(px);
+        let mut data = Vec::with_capacity(images.len() * 3 * h * w);
+        for px in images {
+            if px.len() != 3 * h * w {
+                return Err(EmbedError::InvalidInput(format!(
+                    "pixel tensor of {} values, expected 3x{h}x{w}",
+                    px.len()
+                )));
             }
-            let pixels = Tensor::from_vec(data, (chunk.len(), 3, h, w), &self.device)?
-                .to_dtype(self.dtype)?;
-            let feats = self.model.get_image_features(&pixels)?;
-            parts.push(l2_normalize_rows(&feats.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
+            data.extend_from_slice(px);
         }
-        Ok(Tensor::cat(&parts, 0)?)
+        Ok(Tensor::from_vec(data, (images.len(), 3, h, w), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Unnormalised projected image features (what transformers' `get_image_features` returns).
     pub fn image_features_raw(&self, images: &[&[f32]]) -> std::result::Result<Tensor, EmbedError> {
-        let (h, w) = self.image_cfg.output_size();
-        let data: Vec<f32> = images.iter().flat_map(|p| p.iter().copied()).collect();
-        let pixels = Tensor::from_vec(
-            data,
-            (images.len(), 3, h as usize, w as usize),
-            &self.device,
-        )?
-        .to_dtype(self.dtype)?;
-        Ok(self
-            .model
-            .get_image_features(&pixels)?
-            .to_dtype(DType::F32)?)
+        let feats = self.model.get_image_features(&self.pixel_tensor(images)?)?;
+        Ok(feats.to_dtype(DType::F32)?)
     }
 
     /// Decodes and preprocesses an encoded image file into the model's pixel layout.

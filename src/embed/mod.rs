@@ -14,6 +14,7 @@ pub mod clip;
 pub mod device;
 pub mod hub;
 pub mod imagebind;
+pub mod layers;
 pub mod preprocess;
 pub mod registry;
 

@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use super::config::ImageBindConfig;
 use super::model::{ImageBindModel, Tower};
 use super::IMAGEBIND_LICENSE;
-use crate::embed::clip::l2_normalize_rows;
 use crate::embed::device::{device_name, dtype_name};
+use crate::embed::layers::forward_in_chunks;
 use crate::embed::preprocess::audio::{self, AudioPreprocessConfig, Fbank};
 use crate::embed::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
 use crate::embed::preprocess::text::TextTokenizer;
@@ -210,8 +210,7 @@ impl ImageBindEncoder {
         }
         let (shape, clips) = self.input_shape(m);
         let per: usize = shape.iter().product();
-        let mut parts = Vec::new();
-        for chunk in inputs.chunks(self.max_batch) {
+        forward_in_chunks(inputs, self.max_batch, |chunk| {
             let mut data = Vec::with_capacity(chunk.len() * per);
             for x in chunk {
                 if x.len() != per {
@@ -226,10 +225,8 @@ impl ImageBindEncoder {
             let mut dims = vec![chunk.len() * clips];
             dims.extend_from_slice(if clips > 1 { &shape[1..] } else { &shape[..] });
             let xs = Tensor::from_vec(data, dims, &self.device)?.to_dtype(self.dtype)?;
-            let out = self.model.forward(tower, &xs, clips)?;
-            parts.push(l2_normalize_rows(&out.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
-        }
-        Ok(Tensor::cat(&parts, 0)?)
+            Ok(self.model.forward(tower, &xs, clips)?)
+        })
     }
 
     /// Unit-norm text embeddings `[n, dim]`.
@@ -238,14 +235,11 @@ impl ImageBindEncoder {
             .tokenizer
             .as_ref()
             .ok_or_else(|| self.unsupported(Modality::Text))?;
-        let mut parts = Vec::new();
-        for chunk in texts.chunks(self.max_batch) {
+        forward_in_chunks(texts, self.max_batch, |chunk| {
             let batch = tok.encode_batch(chunk)?;
             let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.seq_len), &self.device)?;
-            let out = self.model.forward_text(&ids, &batch.eos_positions)?;
-            parts.push(l2_normalize_rows(&out.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
-        }
-        Ok(Tensor::cat(&parts, 0)?)
+            Ok(self.model.forward_text(&ids, &batch.eos_positions)?)
+        })
     }
 }
 

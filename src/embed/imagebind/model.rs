@@ -9,7 +9,7 @@
 //! only (it is row-wise), and texts run at the batch's longest length rather than always 77
 //! tokens (the trunk is causal, so positions after the end-of-text token cannot change it).
 
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{
     conv2d_no_bias, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm,
     LayerNormConfig, Linear, VarBuilder,
@@ -18,6 +18,7 @@ use candle_nn::{
 use super::config::{
     ImageBindConfig, LayerScale, TrunkConfig, MAX_LOGIT_SCALE, STEM_LN_EPS, TRUNK_LN_EPS,
 };
+use crate::embed::layers::{causal_mask, FusedSelfAttention};
 use crate::embed::Modality;
 
 /// Official key names of one modality, relative to `modality_preprocessors.<name>`,
@@ -173,85 +174,24 @@ fn ln(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 /// `nn.MultiheadAttention` (self-attention, fused in-projection, optional `bias_k`/`bias_v`).
-#[derive(Debug, Clone)]
-struct MultiheadAttention {
-    qkv: Linear,
-    out_proj: Linear,
-    /// Learned extra key and value, `[1, heads, 1, head_dim]` each.
-    bias_kv: Option<(Tensor, Tensor)>,
+fn multihead_attention(
+    vb: VarBuilder,
+    dim: usize,
     num_heads: usize,
-    head_dim: usize,
-}
-
-impl MultiheadAttention {
-    fn new(vb: VarBuilder, dim: usize, num_heads: usize, bias_kv: bool) -> Result<Self> {
-        let head_dim = dim / num_heads;
-        let scale = (head_dim as f64).powf(-0.5);
-        let w = vb.get((3 * dim, dim), "in_proj_weight")?;
-        let b = vb.get(3 * dim, "in_proj_bias")?;
-        // Fold 1/sqrt(head_dim) into the query rows: (xWq + bq)s = x(Wq s) + bq s.
-        let w = Tensor::cat(
-            &[
-                &(w.narrow(0, 0, dim)? * scale)?,
-                &w.narrow(0, dim, 2 * dim)?,
-            ],
-            0,
-        )?;
-        let b = Tensor::cat(
-            &[
-                &(b.narrow(0, 0, dim)? * scale)?,
-                &b.narrow(0, dim, 2 * dim)?,
-            ],
-            0,
-        )?;
-        let bias_kv = if bias_kv {
-            let split = |t: Tensor| t.reshape((1, num_heads, 1, head_dim));
-            Some((
-                split(vb.get((1, 1, dim), "bias_k")?)?,
-                split(vb.get((1, 1, dim), "bias_v")?)?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            qkv: Linear::new(w, Some(b)),
-            out_proj: linear(dim, dim, vb.pp("out_proj"))?,
-            bias_kv,
-            num_heads,
-            head_dim,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, c) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, n, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?; // 3, b, heads, n, head_dim
-        let q = qkv.i(0)?.contiguous()?;
-        let mut k = qkv.i(1)?.contiguous()?;
-        let mut v = qkv.i(2)?.contiguous()?;
-        if let Some((bk, bv)) = &self.bias_kv {
-            let shape = (b, self.num_heads, 1, self.head_dim);
-            k = Tensor::cat(&[&k, &bk.broadcast_as(shape)?.contiguous()?], 2)?;
-            v = Tensor::cat(&[&v, &bv.broadcast_as(shape)?.contiguous()?], 2)?;
-        }
-        let mut attn = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            // The extra key of bias_kv is never masked (PyTorch pads the mask with a zero column).
-            let mask = if self.bias_kv.is_some() {
-                let zeros = Tensor::zeros((n, 1), mask.dtype(), mask.device())?;
-                Tensor::cat(&[mask, &zeros], 1)?
-            } else {
-                mask.clone()
-            };
-            attn = attn.broadcast_add(&mask)?;
-        }
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
-        self.out_proj.forward(&out)
-    }
+    bias_kv: bool,
+) -> Result<FusedSelfAttention> {
+    let w = vb.get((3 * dim, dim), "in_proj_weight")?;
+    let b = vb.get(3 * dim, "in_proj_bias")?;
+    let bias_kv = if bias_kv {
+        Some((
+            vb.get((1, 1, dim), "bias_k")?,
+            vb.get((1, 1, dim), "bias_v")?,
+        ))
+    } else {
+        None
+    };
+    let out_proj = linear(dim, dim, vb.pp("out_proj"))?;
+    FusedSelfAttention::new(w, Some(b), out_proj, num_heads, bias_kv)
 }
 
 /// `BlockWithMasking`: x + attn(norm_1(x)), then x + mlp(norm_2(x)), each branch optionally
@@ -259,7 +199,7 @@ impl MultiheadAttention {
 #[derive(Debug, Clone)]
 struct Block {
     norm_1: LayerNorm,
-    attn: MultiheadAttention,
+    attn: FusedSelfAttention,
     norm_2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
@@ -285,7 +225,7 @@ impl Block {
         };
         Ok(Self {
             norm_1: ln(d, TRUNK_LN_EPS, vb.pp("norm_1"))?,
-            attn: MultiheadAttention::new(vb.pp("attn"), d, c.num_heads, bias_kv)?,
+            attn: multihead_attention(vb.pp("attn"), d, c.num_heads, bias_kv)?,
             norm_2: ln(d, TRUNK_LN_EPS, vb.pp("norm_2"))?,
             fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
             fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
@@ -575,14 +515,6 @@ impl TowerModel {
             n * self.logit_scale
         }
     }
-}
-
-/// Additive causal mask `[seq, seq]`: -inf above the diagonal.
-fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (seq, seq), device)?.to_dtype(dtype)
 }
 
 /// `torch.nn.functional.normalize(x, dim=-1)`: rows divided by max(norm, 1e-12).
