@@ -470,10 +470,13 @@ impl Engine {
     }
 
     /// Embeds inputs through the bounded queue, one forward pass per modality.
+    /// A failing input's error names it as `item {positions[i]}` when `positions` is given (the
+    /// inputs' places in the caller's request); single-input callers pass `None`.
     async fn embed_inputs(
         &self,
         encoder: Arc<dyn Encoder>,
         inputs: Vec<Input>,
+        positions: Option<&[usize]>,
     ) -> Result<Vec<Vec<f32>>> {
         if inputs.is_empty() {
             return Ok(Vec::new());
@@ -493,9 +496,9 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                r.map_err(|e| {
-                    let e = EngineError::from(e);
-                    prefix_item(e, i)
+                r.map_err(|e| match positions {
+                    Some(p) => prefix_item(EngineError::from(e), p[i]),
+                    None => EngineError::from(e),
                 })
             })
             .collect()
@@ -674,21 +677,8 @@ impl Engine {
         }
         let is_vector: Vec<bool> = prepared.iter().map(|p| p.vector.is_some()).collect();
         let vectors = self
-            .embed_inputs(enc.clone(), to_embed)
-            .await
-            .map_err(|e| match e {
-                EngineError::Invalid { code, message } if message.starts_with("item ") => {
-                    // Re-number from position in the embed batch to position in the request.
-                    let (num, rest) = message[5..].split_once(':').unwrap_or(("0", &message));
-                    let j: usize = num.parse().unwrap_or(0);
-                    let i = embed_slots.get(j).copied().unwrap_or(j);
-                    EngineError::Invalid {
-                        code,
-                        message: format!("item {i}:{rest}"),
-                    }
-                }
-                other => other,
-            })?;
+            .embed_inputs(enc.clone(), to_embed, Some(&embed_slots))
+            .await?;
         for (slot, v) in embed_slots.iter().zip(vectors) {
             prepared[*slot].vector = Some(v);
         }
@@ -733,6 +723,8 @@ impl Engine {
             .collect();
         let vectors: Vec<Vec<f32>> = new_items.iter().map(|i| i.vector.clone()).collect();
         let modalities: Vec<String> = new_items.iter().map(|i| i.modality.clone()).collect();
+        let metadata: Vec<serde_json::Value> =
+            new_items.iter().map(|i| i.metadata.clone()).collect();
         let _w = self.write_lock.lock().await;
         let store = self.store.clone();
         let cname = name.to_string();
@@ -743,20 +735,26 @@ impl Engine {
             let report = store.put_items(&cname, new_items, PutOptions::default())?;
             let mut statuses = Vec::with_capacity(report.outcomes.len());
             let mut fresh: Vec<(u64, &[f32])> = Vec::new();
+            let mut fresh_payloads = Vec::new();
             for (i, outcome) in report.outcomes.iter().enumerate() {
                 let status = match outcome {
-                    PutOutcome::Inserted { seq, .. } => {
-                        fresh.push((*seq, &vectors[i]));
-                        "created"
-                    }
-                    PutOutcome::Replaced { seq, old_seq, .. } => {
+                    PutOutcome::Inserted { .. } => "created",
+                    PutOutcome::Replaced { old_seq, .. } => {
                         coll2.index.delete(*old_seq);
                         coll2.payloads.write().expect("lock").remove(old_seq);
-                        fresh.push((*seq, &vectors[i]));
                         "replaced"
                     }
                     PutOutcome::Duplicate { .. } => "duplicate",
                 };
+                if status != "duplicate" {
+                    fresh.push((outcome.seq(), &vectors[i]));
+                    let payload = Payload {
+                        id: outcome.id().to_string(),
+                        modality: modalities[i].clone(),
+                        metadata: metadata[i].clone(),
+                    };
+                    fresh_payloads.push((outcome.seq(), Arc::new(payload)));
+                }
                 statuses.push(ItemStatus {
                     id: outcome.id().to_string(),
                     modality: modalities[i].clone(),
@@ -766,14 +764,7 @@ impl Engine {
             // Acknowledged in the store from here on; should indexing fail, the next start
             // rebuilds the index from the store (its generation differs from the dump's).
             coll2.index.insert_batch(&fresh)?;
-            for (seq, _) in &fresh {
-                let item = store.get_item_by_seq(&cname, *seq)?;
-                coll2
-                    .payloads
-                    .write()
-                    .expect("lock")
-                    .insert(*seq, Arc::new(payload_of(&item)));
-            }
+            coll2.payloads.write().expect("lock").extend(fresh_payloads);
             if coll2.index.needs_rebuild() {
                 index::spawn_rebuild_if_needed(&coll2.index);
             }
@@ -794,7 +785,10 @@ impl Engine {
             .iter()
             .map(|l| Input::Text(prompt(l, None)))
             .collect();
-        let v = Arc::new(self.embed_inputs(coll.encoder.clone(), inputs).await?);
+        let v = Arc::new(
+            self.embed_inputs(coll.encoder.clone(), inputs, None)
+                .await?,
+        );
         *coll.labels.write().expect("lock") = Some(v.clone());
         Ok(v)
     }
@@ -879,17 +873,15 @@ impl Engine {
                     ));
                 }
                 Ok(self
-                    .embed_inputs(coll.encoder.clone(), vec![Input::Text(t)])
-                    .await
-                    .map_err(strip_item)?
+                    .embed_inputs(coll.encoder.clone(), vec![Input::Text(t)], None)
+                    .await?
                     .remove(0))
             }
             QueryTerm::File { bytes, modality } => {
                 let (input, _) = Self::file_input(&*coll.encoder, bytes, modality)?;
                 Ok(self
-                    .embed_inputs(coll.encoder.clone(), vec![input])
-                    .await
-                    .map_err(strip_item)?
+                    .embed_inputs(coll.encoder.clone(), vec![input], None)
+                    .await?
                     .remove(0))
             }
         }
@@ -1013,9 +1005,8 @@ impl Engine {
             ));
         }
         let v = self
-            .embed_inputs(enc.clone(), vec![input])
-            .await
-            .map_err(strip_item)?
+            .embed_inputs(enc.clone(), vec![input], None)
+            .await?
             .remove(0);
         Ok((enc.info().clone(), modality, v))
     }
@@ -1049,7 +1040,7 @@ impl Engine {
             .iter()
             .map(|l| Input::Text(prompt(l, template.as_deref())))
             .collect();
-        let label_vecs = self.embed_inputs(enc, inputs).await?;
+        let label_vecs = self.embed_inputs(enc, inputs, None).await?;
         let probs = softmax_scores(&v, &label_vecs);
         let mut out: Vec<LabelScore> = labels
             .into_iter()
@@ -1132,22 +1123,6 @@ fn prefix_item(e: EngineError, i: usize) -> EngineError {
             message: format!("item {i}: {message}"),
         },
         EngineError::UnsupportedMedia(m) => EngineError::UnsupportedMedia(format!("item {i}: {m}")),
-        other => other,
-    }
-}
-
-fn strip_item(e: EngineError) -> EngineError {
-    match e {
-        EngineError::Invalid { code, message } => EngineError::Invalid {
-            code,
-            message: message
-                .strip_prefix("item 0: ")
-                .map(str::to_string)
-                .unwrap_or(message),
-        },
-        EngineError::UnsupportedMedia(m) => EngineError::UnsupportedMedia(
-            m.strip_prefix("item 0: ").map(str::to_string).unwrap_or(m),
-        ),
         other => other,
     }
 }

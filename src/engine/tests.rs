@@ -228,6 +228,21 @@ async fn bad_inputs_have_stable_codes() {
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("item 1:"), "{err}");
+    // A failure found while embedding names the input's place in the request, not in the
+    // encoder batch (the vector item is not embedded).
+    let err = e
+        .add_items(
+            "c",
+            vec![
+                vec_item(vec![0.1; 16]),
+                text("fine too", json!({})),
+                file(b"\xFF\xD8\xFF\xE0\x00\x10JFIF"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_media");
+    assert!(err.to_string().starts_with("item 2:"), "{err}");
     assert_eq!(e.get_collection("c").unwrap().total, 6);
 }
 
