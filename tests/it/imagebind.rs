@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use omnibind::embed::imagebind::npy::read_npy;
 use omnibind::embed::imagebind::{ImageBindConfig, ImageBindModel, Tower};
 use omnibind::embed::preprocess::image::{CLIP_MEAN, CLIP_STD};
 use serde::Deserialize;
@@ -111,13 +110,6 @@ struct Inputs {
     imu: Tensor,
 }
 
-fn centre_224(data: &[f32], h: usize, w: usize) -> Vec<f32> {
-    let (top, left) = ((h - 224) / 2, (w - 224) / 2);
-    (top..top + 224)
-        .flat_map(|y| data[y * w + left..y * w + left + 224].iter().copied())
-        .collect()
-}
-
 fn inputs() -> Inputs {
     let refs = load_tensors(&dir().join("reference/model.safetensors"));
     let images = load_tensors(&dir().join("reference/images.safetensors.gz"));
@@ -161,32 +153,16 @@ fn inputs() -> Inputs {
         })
         .collect();
     let audio_in = Tensor::cat(&fb, 0).unwrap().unsqueeze(1).unwrap();
-    let mut depth = Vec::new();
-    for f in meta.files["depth"].iter().filter(|f| f.ends_with(".npy")) {
-        let a = read_npy(&std::fs::read(dir().join("depth").join(f)).unwrap()).unwrap();
-        depth.extend(centre_224(&a.data, a.shape[0], a.shape[1]));
-    }
-    let mut thermal = Vec::new();
-    for f in meta.files["thermal"]
-        .iter()
-        .filter(|f| f.ends_with("16bit.png"))
-    {
-        let img = image::open(dir().join("thermal").join(f))
-            .unwrap()
-            .into_luma16();
-        let (w, h) = img.dimensions();
-        let v: Vec<f32> = img.as_raw().iter().map(|&x| x as f32 / 65535.0).collect();
-        thermal.extend(centre_224(&v, h as usize, w as usize));
-    }
+    let sensors = load_tensors(&dir().join("reference/sensors.safetensors.gz"));
     Inputs {
         pixels,
         video,
         text_ids: ids,
         text_eos,
         audio: audio_in,
-        depth: Tensor::from_vec(depth, (2, 1, 224, 224), &Device::Cpu).unwrap(),
-        thermal: Tensor::from_vec(thermal, (2, 1, 224, 224), &Device::Cpu).unwrap(),
-        imu: refs["imu.input"].clone(),
+        depth: sensors["depth.input"].clone(),
+        thermal: sensors["thermal.input"].clone(),
+        imu: sensors["imu.input"].clone(),
     }
 }
 
@@ -487,18 +463,16 @@ mod encoder {
             .collect();
         check("encoder text", &out, &rows(&refs["text.output"]));
 
-        // Opaque images that decode bit-identically to PIL (PNG, WebP, GIF; JPEG decoders
-        // differ). Transparent images differ on purpose (for now): the official pipeline's
-        // `Image.convert("RGB")` drops alpha, omnibind's image preprocessing composites on white
-        // as transformers' CLIP processor does (measured cosine 0.887 and 0.956 on the two
-        // transparent fixtures).
+        // Images that decode bit-identically to PIL (PNG, WebP, GIF; JPEG decoders differ),
+        // transparent ones included: like the official `Image.convert("RGB")`, ImageBind's
+        // preprocessing drops alpha.
         let img_refs =
             rows(&load_tensors(&dir().join("reference/images.safetensors.gz"))["output"]);
         let clip_images = fixtures().join("clip/images");
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for (i, name) in meta.images.iter().enumerate() {
-            if name.ends_with(".jpg") || name.contains("rgba") || name.contains("trns") {
+            if name.ends_with(".jpg") {
                 continue;
             }
             ours.push(
@@ -507,8 +481,12 @@ mod encoder {
             );
             theirs.push(img_refs[i].clone());
         }
-        assert_eq!(ours.len(), 7);
-        check("encoder opaque images (PNG, WebP, GIF)", &ours, &theirs);
+        assert_eq!(ours.len(), 9);
+        check(
+            "encoder images (PNG incl. transparent, WebP, GIF)",
+            &ours,
+            &theirs,
+        );
 
         // Audio files, every rate.
         let audio_refs = load_tensors(&dir().join("reference/audio.safetensors.gz"));
@@ -529,52 +507,92 @@ mod encoder {
             .collect();
         check("encoder audio files", &out, &want);
 
-        // Depth (.npy metres), thermal (16-bit PNG), IMU (.npy and CSV).
-        let depth: Vec<Input> = m.files["depth"]
-            .iter()
-            .filter(|f| f.ends_with(".npy"))
-            .map(|f| bytes(Modality::Depth, dir().join("depth").join(f)))
-            .collect();
-        let thermal: Vec<Input> = m.files["thermal"]
-            .iter()
-            .filter(|f| f.ends_with("16bit.png"))
-            .map(|f| bytes(Modality::Thermal, dir().join("thermal").join(f)))
-            .collect();
-        let imu: Vec<Input> = m.files["imu"]
-            .iter()
-            .map(|f| bytes(Modality::Imu, dir().join("imu").join(f)))
-            .collect();
-        for (name, inputs) in [("depth", depth), ("thermal", thermal), ("imu", imu)] {
+        // Depth (.npy metres and PNG millimetres), thermal (16- and 8-bit PNG), IMU (.npy
+        // [6, 2000] as it is, CSV with timestamps and .npy [1500, 6] resampled).
+        let sensors = load_tensors(&dir().join("reference/sensors.safetensors.gz"));
+        let files = |modality: &str, suffix: &str| -> Vec<PathBuf> {
+            m.files[modality]
+                .iter()
+                .filter(|f| f.ends_with(suffix))
+                .map(|f| dir().join(modality).join(f))
+                .collect()
+        };
+        for (modality, key, paths, want) in [
+            (
+                Modality::Depth,
+                "depth",
+                files("depth", ".npy"),
+                "depth.output",
+            ),
+            (Modality::Depth, "depth_png", files("depth", ".png"), ""),
+            (
+                Modality::Thermal,
+                "thermal",
+                files("thermal", "16bit.png"),
+                "thermal.output",
+            ),
+            (
+                Modality::Thermal,
+                "thermal_8bit",
+                files("thermal", "8bit.png"),
+                "",
+            ),
+            (Modality::Imu, "imu", files("imu", ""), "imu.output"),
+        ] {
+            let want = if want.is_empty() {
+                rows(&sensors[&format!("{key}.output")])
+            } else {
+                rows(&refs[want])
+            };
+            let inputs: Vec<Input> = paths.iter().map(|p| bytes(modality, p.clone())).collect();
             let out: Vec<Vec<f32>> = enc
                 .embed_batch(&inputs)
                 .unwrap()
                 .into_iter()
                 .map(Result::unwrap)
                 .collect();
-            check(
-                &format!("encoder {name} files"),
-                &out,
-                &rows(&refs[&format!("{name}.output")]),
-            );
+            check(&format!("encoder {key} files"), &out, &want);
         }
-        // The millimetre PNGs and 8-bit thermal images decode to nearly the same maps.
-        for (m, f, r, i) in [
-            (
-                Modality::Depth,
-                "depth/room0_224x224_mm.png",
-                "depth.output",
-                0,
-            ),
-            (
-                Modality::Thermal,
-                "thermal/person0_224x224_8bit.png",
-                "thermal.output",
-                0,
-            ),
+    }
+
+    #[test]
+    fn sensor_preprocessing_matches_the_reference_recipes() {
+        use omnibind::embed::preprocess::{depth, imu, thermal};
+        let sensors = load_tensors(&dir().join("reference/sensors.safetensors.gz"));
+        let m = super::meta();
+        let cfg = depth::DepthConfig::default();
+        for (key, modality, suffix) in [
+            ("depth", "depth", ".npy"),
+            ("depth_png", "depth", ".png"),
+            ("thermal", "thermal", "16bit.png"),
+            ("thermal_8bit", "thermal", "8bit.png"),
+            ("imu", "imu", ""),
         ] {
-            let e = enc.embed_one(&bytes(m, dir().join(f))).unwrap();
-            let c = cosine(&e, &rows(&refs[r])[i]);
-            assert!(c > 0.999, "{f}: cosine {c}");
+            let want = rows(&sensors[&format!("{key}.input")].flatten_from(1).unwrap());
+            let names: Vec<&String> = m.files[modality]
+                .iter()
+                .filter(|f| f.ends_with(suffix))
+                .collect();
+            assert_eq!(names.len(), want.len(), "{key}");
+            let mut worst = 0f32;
+            for (name, want) in names.iter().zip(&want) {
+                let b = std::fs::read(dir().join(modality).join(name)).unwrap();
+                let ours = match modality {
+                    "depth" => depth::preprocess(&b, &cfg),
+                    "thermal" => thermal::preprocess(&b),
+                    _ => imu::preprocess(&b),
+                }
+                .unwrap();
+                assert_eq!(ours.len(), want.len(), "{name}");
+                let d = ours
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                    .fold(0f32, f32::max);
+                worst = worst.max(d);
+            }
+            println!("{key} preprocessing: max diff {worst:.2e} (relative above 1)");
+            assert!(worst <= 1e-5, "{key}: {worst}");
         }
     }
 

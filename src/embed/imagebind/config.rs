@@ -11,6 +11,7 @@
 
 use serde::Deserialize;
 
+use crate::embed::preprocess::depth::DepthConfig;
 use crate::embed::Modality;
 
 /// One modality's transformer trunk.
@@ -95,6 +96,8 @@ pub struct InputConfig {
     pub imu_channels: usize,
     pub imu_len: usize,
     pub imu_kernel: usize,
+    /// Depth-to-disparity conversion (camera and normalisation), see [`DepthConfig`].
+    pub depth: DepthConfig,
 }
 
 impl Default for InputConfig {
@@ -114,6 +117,7 @@ impl Default for InputConfig {
             imu_channels: 6,
             imu_len: 2000,
             imu_kernel: 8,
+            depth: DepthConfig::default(),
         }
     }
 }
@@ -185,6 +189,7 @@ impl ImageBindConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        self.inputs.depth.validate()?;
         if self.out_embed_dim == 0 {
             return Err("out_embed_dim must be positive".into());
         }

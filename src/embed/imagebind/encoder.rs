@@ -18,7 +18,9 @@ use super::IMAGEBIND_LICENSE;
 use crate::embed::device::{device_name, dtype_name};
 use crate::embed::layers::forward_in_chunks;
 use crate::embed::preprocess::audio::{self, AudioPreprocessConfig, Fbank};
-use crate::embed::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
+use crate::embed::preprocess::image::{
+    preprocess as preprocess_image, Alpha, CropOffset, ImagePreprocessConfig,
+};
 use crate::embed::preprocess::text::TextTokenizer;
 use crate::embed::preprocess::{depth, imu, thermal, PREPROCESS_VERSION};
 use crate::embed::registry::{card_license, read_to_string, sha256_files, var_builder, ModelSpec};
@@ -141,7 +143,13 @@ impl ImageBindEncoder {
             info,
             model,
             tokenizer,
-            image_cfg: ImagePreprocessConfig::clip(config.inputs.image_size as u32),
+            // The official `load_and_transform_vision_data`: PIL `convert("RGB")` (alpha
+            // dropped), torchvision Resize (Pillow bicubic) and CenterCrop (offsets rounded).
+            image_cfg: ImagePreprocessConfig {
+                alpha: Alpha::Drop,
+                crop_offset: CropOffset::RoundHalfEven,
+                ..ImagePreprocessConfig::clip(config.inputs.image_size as u32)
+            },
             fbank,
             audio_cfg,
             device: device.clone(),
@@ -176,7 +184,7 @@ impl ImageBindEncoder {
                 let fb = self.fbank.as_ref().ok_or_else(|| self.unsupported(m))?;
                 audio::preprocess(bytes, fb, &self.audio_cfg)
             }
-            Modality::Depth => depth::preprocess(bytes),
+            Modality::Depth => depth::preprocess(bytes, &self.model.config.inputs.depth),
             Modality::Thermal => thermal::preprocess(bytes),
             Modality::Imu => imu::preprocess(bytes),
             other => Err(self.unsupported(other)),

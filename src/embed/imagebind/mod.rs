@@ -14,7 +14,6 @@
 pub mod config;
 pub mod encoder;
 pub mod model;
-pub mod npy;
 
 pub use config::{ImageBindConfig, InputConfig, TrunkConfig};
 pub use encoder::ImageBindEncoder;

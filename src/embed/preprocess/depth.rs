@@ -1,22 +1,86 @@
 //! Depth maps for ImageBind: a 16-bit greyscale PNG in millimetres or a `.npy` array in metres,
-//! as a `[1, 224, 224]` map in metres.
+//! turned into the normalised disparity map the depth tower takes, `[1, 224, 224]`.
 //!
-//! The official ImageBind code ships no depth loader (its `data.py` covers vision, text, audio
-//! and video only), so the layout here is omnibind's: the map in metres, centre-cropped to
-//! 224x224 (maps smaller than that on a side are refused). The official training converted
-//! depth to disparity; which conversion the released checkpoint expects is not published, so
-//! this layout is exact to the reference *model* (tests/it/imagebind.rs) but not a claim about
-//! the released weights' training input.
+//! The official ImageBind repository ships no depth loader. ImageBind was trained on SUN RGB-D
+//! depth converted to disparity the way Omnivore (the same authors' earlier model) does it, and
+//! this module follows that recipe, published by the authors in facebookresearch/omnivore#12
+//! and Omnivore's RGB-D transforms:
+//! 1. depth in metres (PNG value / 1000); a value of 0 marks a missing measurement;
+//! 2. clip to `[min_depth_m, max_depth_m]` (0.01 to 50 m) and convert to disparity,
+//!    `baseline_m * focal_length_px / depth` (f32). The defaults are the Kinect v1 camera of
+//!    SUN RGB-D / NYU Depth v2 (focal length 518.857901 px, baseline 0.075 m); set the
+//!    values of your camera in the model's `config.json` (`inputs.depth`). Missing pixels get
+//!    disparity 0 (infinitely far): SUN RGB-D's maps were hole-filled, so training saw no
+//!    holes, and "far" disturbs a scene less than the recipe's "nearest possible";
+//! 3. torchvision `Resize(224)` (antialiased bilinear on the float map) and `CenterCrop(224)`;
+//! 4. Omnivore's `DepthNorm`: clamp at `max_disparity` (75) and divide by it; then normalise
+//!    with mean 0.0418 and standard deviation 0.0295.
+//!
+//! tests/it/imagebind.rs checks steps 1-4 against the same recipe written with NumPy and
+//! torchvision, and the tower against the official model.
 
-use crate::embed::imagebind::npy::read_npy;
+use serde::Deserialize;
+
+use super::map::{resize_and_centre_crop, Map};
+use super::npy::read_npy;
 use crate::embed::EmbedError;
 
-/// Size of the square the maps are cropped to.
+/// Size of the square the maps are brought to.
 pub const SIZE: usize = 224;
 
+/// Depth-to-disparity conversion and normalisation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DepthConfig {
+    /// Horizontal focal length of the depth camera, in pixels of the uploaded map.
+    pub focal_length_px: f64,
+    /// Stereo / projector baseline of the depth camera, in metres.
+    pub baseline_m: f64,
+    pub min_depth_m: f32,
+    pub max_depth_m: f32,
+    /// Disparities are clamped here and divided by it (Omnivore's `DepthNorm(max_depth=75)`).
+    pub max_disparity: f32,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Default for DepthConfig {
+    fn default() -> Self {
+        Self {
+            focal_length_px: 518.857901,
+            baseline_m: 0.075,
+            min_depth_m: 0.01,
+            max_depth_m: 50.0,
+            max_disparity: 75.0,
+            mean: 0.0418,
+            std: 0.0295,
+        }
+    }
+}
+
+impl DepthConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            self.focal_length_px,
+            self.baseline_m,
+            self.min_depth_m as f64,
+            self.max_depth_m as f64,
+            self.max_disparity as f64,
+            self.std as f64,
+        ];
+        if positive.iter().any(|v| !(v.is_finite() && *v > 0.0)) || !self.mean.is_finite() {
+            return Err("inputs.depth values must be finite and positive".into());
+        }
+        if self.min_depth_m >= self.max_depth_m {
+            return Err("inputs.depth.min_depth_m must be below max_depth_m".into());
+        }
+        Ok(())
+    }
+}
+
 /// Decodes a depth file (16-bit PNG in mm, or `.npy` `[H, W]` / `[1, H, W]` in metres) into
-/// metres, row-major, with its height and width.
-pub fn decode_depth(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedError> {
+/// metres.
+pub fn decode_depth(bytes: &[u8]) -> Result<Map, EmbedError> {
     if bytes.starts_with(b"\x93NUMPY") {
         let a = read_npy(bytes)?;
         let (h, w) = match a.shape[..] {
@@ -27,12 +91,12 @@ pub fn decode_depth(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedError
                 )))
             }
         };
-        if a.data.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(EmbedError::InvalidInput(
-                "depth .npy holds negative or non-finite values".into(),
-            ));
+        if let Some(v) = a.data.iter().find(|v| !v.is_finite() || **v < 0.0) {
+            return Err(EmbedError::InvalidInput(format!(
+                "depth .npy holds {v}: depths must be finite metres, 0 for missing"
+            )));
         }
-        return Ok((a.data, h, w));
+        return Ok(Map::new(a.data, h, w));
     }
     if !bytes.starts_with(b"\x89PNG") {
         return Err(EmbedError::UnsupportedFormat(
@@ -52,24 +116,33 @@ pub fn decode_depth(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedError
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = img.as_raw().iter().map(|&mm| mm as f32 / 1000.0).collect();
-    Ok((data, h, w))
+    Ok(Map::new(data, h, w))
 }
 
-/// Centre crop of a row-major `h x w` map to `size x size` (offsets rounded down).
-pub fn centre_crop(data: &[f32], h: usize, w: usize, size: usize) -> Result<Vec<f32>, EmbedError> {
-    if h < size || w < size {
-        return Err(EmbedError::InvalidInput(format!(
-            "map of {w}x{h} is smaller than {size}x{size}"
-        )));
-    }
-    let (top, left) = ((h - size) / 2, (w - size) / 2);
-    Ok((top..top + size)
-        .flat_map(|y| data[y * w + left..y * w + left + size].iter().copied())
-        .collect())
+/// Metres to disparity (step 2); 0 (missing) stays 0.
+pub fn to_disparity(metres: &Map, cfg: &DepthConfig) -> Map {
+    let k = (cfg.baseline_m * cfg.focal_length_px) as f32;
+    let data = metres
+        .data
+        .iter()
+        .map(|&d| {
+            if d > 0.0 {
+                k / d.clamp(cfg.min_depth_m, cfg.max_depth_m)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Map::new(data, metres.height, metres.width)
 }
 
 /// Depth bytes to the depth tower's `[1, 224, 224]` input.
-pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-    let (data, h, w) = decode_depth(bytes)?;
-    centre_crop(&data, h, w, SIZE)
+pub fn preprocess(bytes: &[u8], cfg: &DepthConfig) -> Result<Vec<f32>, EmbedError> {
+    let disparity = to_disparity(&decode_depth(bytes)?, cfg);
+    let crop = resize_and_centre_crop(&disparity, SIZE)?;
+    Ok(crop
+        .data
+        .into_iter()
+        .map(|v| (v.min(cfg.max_disparity) / cfg.max_disparity - cfg.mean) / cfg.std)
+        .collect())
 }

@@ -7,7 +7,9 @@
 //! 3. convert to 8-bit RGB; transparency is composited on **white**, as transformers'
 //!    `convert_to_rgb` does: transparent regions of logos, icons and cut-outs are the page they
 //!    sit on, and web pages (where CLIP's training pictures came from) are white. Compositing on
-//!    black would turn every icon into a dark picture;
+//!    black would turn every icon into a dark picture. A model whose reference pipeline is
+//!    PIL's plain `convert("RGB")` (ImageBind) sets [`Alpha::Drop`] instead: the colour
+//!    channels are kept as stored and alpha is discarded;
 //! 4. resize the shortest side to `shortest_edge` with a bicubic (Catmull-Rom, a = -0.5)
 //!    filter, the long side to `int(shortest_edge * long / short)`, with antialiasing
 //!    supports as Pillow computes them;
@@ -47,9 +49,42 @@ pub enum Resample {
     Bicubic,
 }
 
+/// What happens to transparency when an image is converted to RGB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alpha {
+    /// Blend onto white (transformers' `convert_to_rgb`, the CLIP processors).
+    #[default]
+    White,
+    /// Discard alpha and keep the stored colours (PIL's `Image.convert("RGB")`).
+    Drop,
+}
+
+/// How a centre crop's offset is rounded when the margin is odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CropOffset {
+    /// `margin // 2` (transformers' image processors).
+    #[default]
+    Floor,
+    /// `int(round(margin / 2.0))`, Python's round half to even (torchvision's `CenterCrop`).
+    RoundHalfEven,
+}
+
+impl CropOffset {
+    /// Offset of a centre crop `margin` pixels smaller than the image (negative: padding).
+    pub fn offset(self, margin: i64) -> i64 {
+        let floor = margin.div_euclid(2);
+        match self {
+            CropOffset::RoundHalfEven if margin.rem_euclid(2) == 1 && floor % 2 != 0 => floor + 1,
+            _ => floor,
+        }
+    }
+}
+
 /// Image preprocessing parameters, as in a Hugging Face `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePreprocessConfig {
+    pub alpha: Alpha,
+    pub crop_offset: CropOffset,
     pub shortest_edge: u32,
     pub crop_height: u32,
     pub crop_width: u32,
@@ -64,6 +99,8 @@ impl ImagePreprocessConfig {
     /// The CLIP defaults for a given input resolution.
     pub fn clip(image_size: u32) -> Self {
         Self {
+            alpha: Alpha::White,
+            crop_offset: CropOffset::Floor,
             shortest_edge: image_size,
             crop_height: image_size,
             crop_width: image_size,
@@ -172,6 +209,11 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
 /// Decodes an image (first frame of an animation), applies its EXIF orientation and converts it
 /// to 8-bit RGB with transparency composited on white.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, EmbedError> {
+    decode_rgb_with(bytes, Alpha::White)
+}
+
+/// [`decode_rgb`] with a chosen treatment of transparency.
+pub fn decode_rgb_with(bytes: &[u8], alpha: Alpha) -> Result<RgbImage, EmbedError> {
     let format = sniff_format(bytes).ok_or_else(|| {
         EmbedError::UnsupportedFormat(
             "not a JPEG, PNG, WebP or GIF image (detected from the file's bytes)".into(),
@@ -196,7 +238,10 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, EmbedError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(EmbedError::InvalidInput("image has no pixels".into()));
     }
-    Ok(to_rgb_on_white(img))
+    Ok(match alpha {
+        Alpha::White => to_rgb_on_white(img),
+        Alpha::Drop => img.into_rgb8(),
+    })
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker. Markers are walked from the start of
@@ -288,8 +333,8 @@ pub fn resize_and_crop(rgb: &RgbImage, cfg: &ImagePreprocessConfig) -> Result<Ve
     let resized = resized_img.as_raw();
     let (ch, cw) = cfg.output_size();
     // Offsets of the crop window; negative when the crop is larger (zero padding, as transformers).
-    let top = (nh as i64 - ch as i64).div_euclid(2);
-    let left = (nw as i64 - cw as i64).div_euclid(2);
+    let top = cfg.crop_offset.offset(nh as i64 - ch as i64);
+    let left = cfg.crop_offset.offset(nw as i64 - cw as i64);
     let plane = (ch * cw) as usize;
     let mut out = vec![0u8; 3 * plane];
     for y in 0..ch as i64 {
@@ -497,13 +542,42 @@ pub fn normalize(pixels: &[u8], cfg: &ImagePreprocessConfig) -> Vec<f32> {
 
 /// The whole pipeline: bytes to a `[3, h, w]` f32 tensor's data.
 pub fn preprocess(bytes: &[u8], cfg: &ImagePreprocessConfig) -> Result<Vec<f32>, EmbedError> {
-    let rgb = decode_rgb(bytes)?;
+    let rgb = decode_rgb_with(bytes, cfg.alpha)?;
     Ok(normalize(&resize_and_crop(&rgb, cfg)?, cfg))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_offsets_round_like_their_references() {
+        // Python: [int(round(m / 2.0)) for m in range(8)] == [0, 0, 1, 2, 2, 2, 3, 4]
+        let round: Vec<i64> = (0..8)
+            .map(|m| CropOffset::RoundHalfEven.offset(m))
+            .collect();
+        assert_eq!(round, vec![0, 0, 1, 2, 2, 2, 3, 4]);
+        let floor: Vec<i64> = (0..8).map(|m| CropOffset::Floor.offset(m)).collect();
+        assert_eq!(floor, vec![0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(CropOffset::RoundHalfEven.offset(-3), -2);
+    }
+
+    #[test]
+    fn dropping_alpha_keeps_the_stored_colours() {
+        let img = image::RgbaImage::from_pixel(2, 1, image::Rgba([200, 100, 50, 0]));
+        let mut png = Vec::new();
+        DynamicImage::ImageRgba8(img)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        assert_eq!(
+            decode_rgb_with(&png, Alpha::Drop)
+                .unwrap()
+                .get_pixel(0, 0)
+                .0,
+            [200, 100, 50]
+        );
+        assert_eq!(decode_rgb(&png).unwrap().get_pixel(0, 0).0, [255, 255, 255]);
+    }
 
     #[test]
     fn resized_dims_follow_python_int_truncation() {

@@ -5,6 +5,8 @@ pub mod audio;
 pub mod depth;
 pub mod image;
 pub mod imu;
+pub mod map;
+pub mod npy;
 pub mod text;
 pub mod thermal;
 

@@ -1,15 +1,19 @@
 //! Thermal images for ImageBind: 8- or 16-bit greyscale PNG or TIFF, scaled to [0, 1]
-//! (divided by 255 or 65535) and centre-cropped to `[1, 224, 224]`.
+//! (divided by 255 or 65535), resized so the shorter side is 224 (torchvision `Resize(224)`,
+//! antialiased bilinear on the float map) and centre-cropped (`CenterCrop(224)`):
+//! `[1, 224, 224]`.
 //!
-//! The official ImageBind code ships no thermal loader; this layout is omnibind's and is exact
-//! to the reference *model* on the fixtures, not a claim about the released weights' training
-//! input.
+//! The official ImageBind code ships no thermal loader; ImageBind's thermal data (LLVIP) are
+//! 8-bit single-channel images and this layout is the plain `ToTensor` scaling of them. It is
+//! exact to the reference model on the fixtures, not a claim about the released weights'
+//! training input.
 
-use super::depth::{centre_crop, SIZE};
+use super::depth::SIZE;
+use super::map::{resize_and_centre_crop, Map};
 use crate::embed::EmbedError;
 
-/// Decodes a thermal image into [0, 1] intensities, row-major, with its height and width.
-pub fn decode_thermal(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedError> {
+/// Decodes a thermal image into [0, 1] intensities.
+pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
     let format = if bytes.starts_with(b"\x89PNG") {
         image::ImageFormat::Png
     } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
@@ -36,11 +40,10 @@ pub fn decode_thermal(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), EmbedErr
             )))
         }
     };
-    Ok((data, h, w))
+    Ok(Map::new(data, h, w))
 }
 
 /// Thermal bytes to the thermal tower's `[1, 224, 224]` input.
 pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-    let (data, h, w) = decode_thermal(bytes)?;
-    centre_crop(&data, h, w, SIZE)
+    Ok(resize_and_centre_crop(&decode_thermal(bytes)?, SIZE)?.data)
 }

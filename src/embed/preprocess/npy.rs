@@ -1,0 +1,162 @@
+//! NumPy `.npy` arrays (depth maps in metres, IMU traces), read with the `npyz` crate and
+//! converted to f32 in C (row-major) order.
+//!
+//! Accepted element types: floats (`f4`, `f8`, `f2` is refused), signed and unsigned integers
+//! of 1 to 8 bytes, either byte order; C or Fortran order. The declared size is checked against
+//! the bytes before anything is read, so a header cannot make the reader allocate more than the
+//! upload holds.
+
+use npyz::{DType, NpyFile, Order, TypeChar};
+
+use crate::embed::EmbedError;
+
+/// A decoded array: values converted to f32, in C (row-major) order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+fn bad(msg: impl std::fmt::Display) -> EmbedError {
+    EmbedError::Decode(format!(".npy: {msg}"))
+}
+
+fn values<T: npyz::Deserialize>(
+    file: NpyFile<&[u8]>,
+    to_f32: impl Fn(T) -> f32,
+) -> Result<Vec<f32>, EmbedError> {
+    Ok(file
+        .into_vec::<T>()
+        .map_err(bad)?
+        .into_iter()
+        .map(to_f32)
+        .collect())
+}
+
+/// Parses `.npy` bytes.
+pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, EmbedError> {
+    let file = NpyFile::new(bytes).map_err(bad)?;
+    let shape: Vec<usize> = file
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad("dimension too large")))
+        .collect::<Result<_, _>>()?;
+    let DType::Plain(ts) = file.dtype() else {
+        return Err(bad("structured and sub-array dtypes are not supported"));
+    };
+    let size = ts.size_field() as usize;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows"))?;
+    if count.checked_mul(size).is_none_or(|n| n > bytes.len()) {
+        return Err(bad(format!(
+            "shape {shape:?} of {size}-byte values needs more data than the file holds"
+        )));
+    }
+    let order = file.order();
+    let data = match (ts.type_char(), size) {
+        (TypeChar::Float, 4) => values(file, |v: f32| v)?,
+        (TypeChar::Float, 8) => values(file, |v: f64| v as f32)?,
+        (TypeChar::Int, 1) => values(file, |v: i8| v as f32)?,
+        (TypeChar::Int, 2) => values(file, |v: i16| v as f32)?,
+        (TypeChar::Int, 4) => values(file, |v: i32| v as f32)?,
+        (TypeChar::Int, 8) => values(file, |v: i64| v as f32)?,
+        (TypeChar::Uint, 1) => values(file, |v: u8| v as f32)?,
+        (TypeChar::Uint, 2) => values(file, |v: u16| v as f32)?,
+        (TypeChar::Uint, 4) => values(file, |v: u32| v as f32)?,
+        (TypeChar::Uint, 8) => values(file, |v: u64| v as f32)?,
+        _ => return Err(bad(format!("unsupported dtype `{ts}`"))),
+    };
+    if data.len() != count {
+        return Err(bad(format!("{} values for shape {shape:?}", data.len())));
+    }
+    let data = match order {
+        Order::C => data,
+        Order::Fortran => fortran_to_c(&data, &shape),
+    };
+    Ok(NpyArray { shape, data })
+}
+
+/// Reorders Fortran-order (first index fastest) values into C order.
+fn fortran_to_c(data: &[f32], shape: &[usize]) -> Vec<f32> {
+    let n = shape.len();
+    // Strides of the Fortran layout.
+    let mut strides = vec![1usize; n];
+    for i in 1..n {
+        strides[i] = strides[i - 1] * shape[i - 1];
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut idx = vec![0usize; n];
+    for _ in 0..data.len() {
+        out.push(data[idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
+        // Advance the C-order multi-index (last index fastest).
+        for d in (0..n).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, fortran: bool, shape: &str, payload: &[u8]) -> Vec<u8> {
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn reads_types_orders_and_refuses_short_data() {
+        let le: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let a = read_npy(&npy("<f4", false, "(2, 3)", &le)).unwrap();
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        // Fortran order: the same bytes are the transpose's C order.
+        let f = read_npy(&npy("<f4", true, "(2, 3)", &le)).unwrap();
+        assert_eq!(f.data, vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        let be: Vec<u8> = [7.5f64, -1.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(
+            read_npy(&npy(">f8", false, "(2,)", &be)).unwrap().data,
+            vec![7.5, -1.0]
+        );
+        let u16s: Vec<u8> = [1000u16, 65535]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            read_npy(&npy("<u2", false, "(1, 2)", &u16s)).unwrap().data,
+            vec![1000.0, 65535.0]
+        );
+        let err = read_npy(&npy("<f4", false, "(1000000, 1000000)", &le)).unwrap_err();
+        assert!(
+            err.to_string().contains("more data than the file holds"),
+            "{err}"
+        );
+        assert!(read_npy(&npy("<f4", false, "(2, 3)", &le[..20])).is_err());
+        assert!(read_npy(&npy("|b1", false, "(2,)", &[0, 1])).is_err());
+        assert!(read_npy(b"\x93NUMPY\x01").is_err());
+    }
+}
