@@ -31,6 +31,21 @@ pub struct EmbedArgs {
     /// Text to embed (repeatable with --batch).
     #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
+    /// Audio file (WAV, FLAC, MP3, OGG) to embed, for models with an audio tower.
+    #[arg(long = "audio", value_name = "FILE")]
+    pub audio: Vec<PathBuf>,
+    /// Video (zip of frames) to embed, for models with a video input.
+    #[arg(long = "video", value_name = "FILE")]
+    pub video: Vec<PathBuf>,
+    /// Depth map (16-bit PNG in mm, or .npy in metres) to embed.
+    #[arg(long = "depth", value_name = "FILE")]
+    pub depth: Vec<PathBuf>,
+    /// Thermal image (8/16-bit greyscale PNG or TIFF) to embed.
+    #[arg(long = "thermal", value_name = "FILE")]
+    pub thermal: Vec<PathBuf>,
+    /// IMU recording (CSV or .npy) to embed.
+    #[arg(long = "imu", value_name = "FILE")]
+    pub imu: Vec<PathBuf>,
     /// Embed several inputs in one forward pass per modality; prints one JSON object per line.
     #[arg(long)]
     pub batch: bool,
@@ -46,6 +61,9 @@ pub struct EmbedArgs {
     /// Print load, preprocessing and forward-pass times to standard error.
     #[arg(long)]
     pub timings: bool,
+    /// Load only these modalities' towers (comma-separated; all by default).
+    #[arg(long, value_delimiter = ',')]
+    pub modalities: Vec<Modality>,
 }
 
 #[derive(Serialize)]
@@ -60,9 +78,17 @@ struct EmbedOutput<'a> {
 
 /// `omnibind embed`: prints L2-normalised embeddings as JSON.
 pub fn embed(args: EmbedArgs) -> Result<()> {
-    let n = args.images.len() + args.texts.len();
+    let files: [(Modality, &Vec<PathBuf>); 6] = [
+        (Modality::Image, &args.images),
+        (Modality::Audio, &args.audio),
+        (Modality::Video, &args.video),
+        (Modality::Depth, &args.depth),
+        (Modality::Thermal, &args.thermal),
+        (Modality::Imu, &args.imu),
+    ];
+    let n = args.texts.len() + files.iter().map(|(_, f)| f.len()).sum::<usize>();
     if n == 0 {
-        bail!("nothing to embed: give --image FILE or --text TEXT");
+        bail!("nothing to embed: give --image FILE, --text TEXT or another modality's file");
     }
     if n > 1 && !args.batch {
         bail!("{n} inputs given: add --batch to embed several inputs in one forward pass");
@@ -71,6 +97,9 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     spec.device = args.device;
     spec.precision = args.precision;
     spec.max_batch = n.max(1);
+    if !args.modalities.is_empty() {
+        spec.modalities = Some(args.modalities.clone());
+    }
     spec.hub = HubOptions {
         allow_download: args.allow_download,
         ..HubOptions::default()
@@ -81,13 +110,13 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
 
     let mut inputs = Vec::with_capacity(n);
     let mut labels = Vec::with_capacity(n);
-    for path in &args.images {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        inputs.push(Input::Bytes {
-            modality: Modality::Image,
-            bytes,
-        });
-        labels.push(path.display().to_string());
+    for (modality, paths) in files {
+        for path in paths {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            inputs.push(Input::Bytes { modality, bytes });
+            labels.push(path.display().to_string());
+        }
     }
     for t in &args.texts {
         inputs.push(Input::Text(t.clone()));
@@ -125,6 +154,84 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     }
     if failed > 0 {
         bail!("{failed} of {n} inputs could not be embedded");
+    }
+    Ok(())
+}
+
+/// Arguments of `omnibind convert-imagebind`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvertImageBindArgs {
+    /// The official checkpoint (`imagebind_huge.pth`, a PyTorch state dict).
+    pub input: PathBuf,
+    /// Output model directory (created; existing weights are not overwritten).
+    pub output: PathBuf,
+    /// Towers to keep, comma-separated (image, text, audio, depth, thermal, imu; image keeps
+    /// video too). All by default.
+    #[arg(long, value_delimiter = ',')]
+    pub modalities: Vec<Modality>,
+    /// Stored precision of the output: f32, f16 or bf16 (default: as in the checkpoint).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// omnibind ImageBind `config.json` with the sizes, for checkpoints other than
+    /// imagebind_huge (attention head counts cannot be read from the weights).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// CLIP `tokenizer.json` to copy into the output (needed for text).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// `omnibind convert-imagebind`: official checkpoint to safetensors plus config.
+pub fn convert_imagebind(args: ConvertImageBindArgs) -> Result<()> {
+    use crate::embed::imagebind::convert::{convert, ConvertOptions};
+    use crate::embed::imagebind::{ImageBindConfig, Tower};
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some(other) => bail!("--dtype {other}: use f32, f16 or bf16"),
+    };
+    let config = match &args.config {
+        None => None,
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(ImageBindConfig::from_json(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?)
+        }
+    };
+    let towers = (!args.modalities.is_empty()).then(|| {
+        let mut t: Vec<Tower> = args.modalities.iter().map(|&m| Tower::of(m)).collect();
+        t.dedup();
+        t
+    });
+    let t0 = Instant::now();
+    let report = convert(
+        &args.input,
+        &args.output,
+        &ConvertOptions {
+            towers,
+            config,
+            dtype,
+            tokenizer: args.tokenizer.clone(),
+        },
+    )
+    .with_context(|| format!("converting {}", args.input.display()))?;
+    let names: Vec<&str> = report.towers.iter().map(|t| t.keys().name).collect();
+    println!(
+        "wrote {} ({} tensors, {} parameters, {:.1} MiB; towers: {}) in {:.1}s",
+        args.output.display(),
+        report.tensors,
+        report.parameters,
+        report.bytes as f64 / (1 << 20) as f64,
+        names.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    if args.tokenizer.is_none() && report.towers.contains(&Tower::Text) {
+        eprintln!(
+            "note: text needs a CLIP tokenizer.json in {} (any OpenAI CLIP checkpoint's; pass              --tokenizer to copy one)",
+            args.output.display()
+        );
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ enum Command {
     Search(omnibind::cli::SearchArgs),
     /// Upload files and folders to a collection of a running server (resumable).
     Ingest(omnibind::cli::IngestArgs),
+    /// Convert the official ImageBind checkpoint (.pth) into a safetensors model directory.
+    ConvertImagebind(omnibind::cli::ConvertImageBindArgs),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => omnibind::cli::serve(args),
         Command::Embed(args) => omnibind::cli::embed(args),
         Command::Search(args) => omnibind::cli::search(args),
+        Command::ConvertImagebind(args) => omnibind::cli::convert_imagebind(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
         Command::Ingest(args) => {
             let summary = omnibind::cli::ingest(args)?;

@@ -253,6 +253,88 @@ fn pth_and_safetensors_give_identical_vectors() {
 }
 
 #[test]
+fn converted_checkpoint_equals_the_official_one() {
+    use omnibind::embed::imagebind::convert::{convert, ConvertOptions};
+    use omnibind::embed::{load_encoder, Input, Modality, ModelSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("converted");
+    let pth = model_dir().join("imagebind_tiny.pth");
+    let opts = ConvertOptions {
+        towers: None,
+        config: None,
+        dtype: None,
+        tokenizer: Some(model_dir().join("tokenizer.json")),
+    };
+    // The tiny model is not imagebind_huge: its head counts must be given.
+    let err = convert(&pth, &out, &opts).unwrap_err().to_string();
+    assert!(err.contains("--config"), "{err}");
+    let opts = ConvertOptions {
+        config: Some(config()),
+        ..opts
+    };
+    let report = convert(&pth, &out, &opts).unwrap();
+    assert_eq!(report.towers, Tower::ALL.to_vec());
+    // Same names, dtypes and values as the committed conversion.
+    let ours = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let committed =
+        candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(ours.len(), committed.len());
+    for (k, t) in &committed {
+        let o = &ours[k];
+        assert_eq!((o.dtype(), o.dims()), (t.dtype(), t.dims()), "{k}");
+        let flat = |x: &Tensor| {
+            x.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(flat(o), flat(t), "{k}");
+    }
+    let written =
+        ImageBindConfig::from_json(&std::fs::read_to_string(out.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(written, config());
+    // The converted directory serves the same vectors as the official .pth.
+    let a = load_encoder(&ModelSpec::new("converted", out.to_str().unwrap())).unwrap();
+    let b = load_encoder(&ModelSpec::new("pth", model_dir().to_str().unwrap())).unwrap();
+    let inputs = [
+        Input::Text("a dog barking".into()),
+        Input::Bytes {
+            modality: Modality::Imu,
+            bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy")).unwrap(),
+        },
+    ];
+    for x in &inputs {
+        assert_eq!(a.embed_one(x).unwrap(), b.embed_one(x).unwrap());
+    }
+    // Existing weights are not overwritten; a subset of towers keeps only their tensors.
+    let err = convert(&pth, &out, &opts).unwrap_err().to_string();
+    assert!(err.contains("exists"), "{err}");
+    let imu_only = tmp.path().join("imu");
+    let report = convert(
+        &pth,
+        &imu_only,
+        &ConvertOptions {
+            towers: Some(vec![Tower::Imu]),
+            tokenizer: None,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(report.towers, vec![Tower::Imu]);
+    let cfg =
+        ImageBindConfig::from_json(&std::fs::read_to_string(imu_only.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg.modalities(), vec![Modality::Imu]);
+    let t = candle_core::safetensors::load(imu_only.join("model.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert!(t.keys().all(|k| k.contains(".imu.")), "{:?}", t.keys());
+}
+
+#[test]
 fn texts_at_the_batch_length_equal_texts_at_77_tokens() {
     let model = load_model("model.safetensors");
     let x = inputs();

@@ -227,7 +227,7 @@ fn raw_request(addr: SocketAddr, head: String, body: Vec<u8>) -> (u16, Value) {
     )
 }
 
-fn hits(v: &Value) -> Vec<(String, f32)> {
+pub(crate) fn hits(v: &Value) -> Vec<(String, f32)> {
     v["hits"]
         .as_array()
         .unwrap()
@@ -241,7 +241,7 @@ fn hits(v: &Value) -> Vec<(String, f32)> {
         .collect()
 }
 
-fn file_part(bytes: Vec<u8>, name: &str) -> multipart::Part {
+pub(crate) fn file_part(bytes: Vec<u8>, name: &str) -> multipart::Part {
     multipart::Part::bytes(bytes).file_name(name.to_string())
 }
 

@@ -9,13 +9,13 @@
 //! Those fixed values are fields here too (with the official values as defaults) so that the
 //! code states them in one place.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::embed::preprocess::depth::DepthConfig;
 use crate::embed::Modality;
 
 /// One modality's transformer trunk.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkConfig {
     pub embed_dim: usize,
@@ -35,7 +35,7 @@ fn default_mlp_ratio() -> usize {
 }
 
 /// Layer-scale variants of the official `BlockWithMasking`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerScale {
     PerChannel,
@@ -55,7 +55,7 @@ impl TrunkConfig {
 }
 
 /// Whole-model configuration. Modalities absent from the file are absent from the model.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ImageBindConfig {
     /// Dimension of the shared embedding space.
     pub out_embed_dim: usize,
@@ -77,7 +77,7 @@ pub struct ImageBindConfig {
 }
 
 /// Input geometry and fixed constants of the official model.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InputConfig {
     pub image_size: usize,
@@ -186,6 +186,15 @@ impl ImageBindConfig {
             .into_iter()
             .filter(|&m| self.trunk(m).is_some())
             .collect()
+    }
+
+    /// omnibind's `config.json` for this configuration (every size spelled out).
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let obj = v.as_object_mut().expect("config is an object");
+        obj.retain(|_, x| !x.is_null());
+        obj.insert("model_type".into(), "imagebind".into());
+        serde_json::to_string_pretty(&v).expect("config serialises") + "\n"
     }
 
     pub fn validate(&self) -> Result<(), String> {

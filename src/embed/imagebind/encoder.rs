@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::embed::{embed_in_parallel, BatchSlots};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use super::config::ImageBindConfig;
+use super::convert::read_pth;
 use super::model::{ImageBindModel, Tower};
 use super::IMAGEBIND_LICENSE;
 use crate::embed::device::{device_name, dtype_name};
@@ -99,8 +101,13 @@ impl ImageBindEncoder {
         let mut towers: Vec<Tower> = wanted.iter().map(|&m| Tower::of(m)).collect();
         towers.dedup();
         let weights = imagebind_weights(dir)?;
+        let vb = if weights.extension().is_some_and(|e| e == "pth") {
+            // The official state dict: read through the one key mapping, wanted towers only.
+            VarBuilder::from_tensors(read_pth(&weights, &towers)?, dtype, device)
+        } else {
+            var_builder(std::slice::from_ref(&weights), dtype, device)?
+        };
         let files = vec![weights];
-        let vb = var_builder(&files, dtype, device)?;
         let model = ImageBindModel::load(vb, &config, &towers)?;
         let tokenizer = if wanted.contains(&Modality::Text) {
             Some(TextTokenizer::from_file(

@@ -12,6 +12,7 @@
 //! against outputs of the official code on committed random-weight checkpoints.
 
 pub mod config;
+pub mod convert;
 pub mod encoder;
 pub mod model;
 

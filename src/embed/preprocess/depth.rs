@@ -19,7 +19,7 @@
 //! tests/it/imagebind.rs checks steps 1-4 against the same recipe written with NumPy and
 //! torchvision, and the tower against the official model.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::map::{resize_and_centre_crop, Map};
 use super::npy::read_npy;
@@ -29,7 +29,7 @@ use crate::embed::EmbedError;
 pub const SIZE: usize = 224;
 
 /// Depth-to-disparity conversion and normalisation.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DepthConfig {
     /// Horizontal focal length of the depth camera, in pixels of the uploaded map.
