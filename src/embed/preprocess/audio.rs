@@ -60,11 +60,13 @@ impl Waveform {
 ///   positions) are removed and the waveform lines up with the original audio, as ffmpeg
 ///   decodes it.
 ///
-/// Errors: unrecognised containers or codecs are [`EmbedError::UnsupportedFormat`]; corrupt or
-/// truncated streams [`EmbedError::Decode`]; audio with no samples, longer than [`MAX_SAMPLES`]
+/// Errors: unrecognised containers or codecs are [`EmbedError::UnsupportedFormat`]; corrupt
+/// streams, and streams that end before their stated length (all but MP3 files without a LAME
+/// header, whose length is only estimated), [`EmbedError::Decode`]; audio with no samples, longer than [`MAX_SAMPLES`]
 /// per channel (checked against the stated duration before decoding, and while decoding), or
 /// with NaN or infinite samples [`EmbedError::InvalidInput`].
 pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    use symphonia::core::codecs::audio::well_known::CODEC_ID_MP3;
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::codecs::CodecParameters;
     use symphonia::core::errors::Error as SymError;
@@ -112,6 +114,9 @@ pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     let Some(CodecParameters::Audio(params)) = &track.codec_params else {
         return Err(EmbedError::Decode(format!("{what}: no audio track")));
     };
+    // The stated length is exact for WAV, FLAC, Ogg and LAME-tagged MP3; other MP3 files get an
+    // estimate from the bitrate, good for the size check but not for detecting truncation.
+    let exact_length = params.codec != CODEC_ID_MP3 || track.delay.is_some();
     let (track_id, expected) = (track.id, track.num_frames);
     if let Some(n) = expected.filter(|&n| n > MAX_SAMPLES as u64) {
         return Err(too_long(n));
@@ -165,7 +170,7 @@ pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
             "{what} contains no audio samples"
         )));
     }
-    if let Some(n) = expected.filter(|&n| (frames as u64) < n) {
+    if let Some(n) = expected.filter(|&n| exact_length && (frames as u64) < n) {
         return Err(EmbedError::Decode(format!(
             "{what}: file is truncated ({frames} of {n} samples per channel decoded)"
         )));
