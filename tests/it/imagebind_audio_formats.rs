@@ -406,7 +406,11 @@ fn malformed_audio_fails_with_a_clear_message() {
     );
     let plain = &mp3[frame..];
     let w = decode_audio(plain).unwrap();
-    assert!(w.len() > 14400 && w.len() % 576 == 0, "{} samples", w.len());
+    assert!(
+        w.len() > 14400 && w.len().is_multiple_of(576),
+        "{} samples",
+        w.len()
+    );
     let w = decode_audio(&plain[..plain.len() / 2]).unwrap();
     assert!(w.len() < 14400, "{} samples", w.len());
 

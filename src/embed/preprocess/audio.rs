@@ -1,9 +1,13 @@
-//! Audio preprocessing of ImageBind: WAV decoding, resampling to 16 kHz, clip sampling and the
+//! Audio preprocessing of ImageBind: decoding, resampling to 16 kHz, clip sampling and the
 //! Kaldi-compatible log-mel filterbank, as the official `data.py` does it
 //! (`load_and_transform_audio_data`, `waveform2melspec`).
 //!
-//! - Decoding: WAV (8/16/24/32-bit integer PCM, 32-bit float), samples scaled to [-1, 1) as
-//!   `torchaudio.load` does. Other containers are refused with [`EmbedError::UnsupportedFormat`].
+//! - Decoding ([`decode_audio`], with symphonia): WAV (8/16/24/32-bit integer PCM, 32/64-bit
+//!   float), FLAC, MP3 and Ogg Vorbis, recognised by content, any sample rate and channel count;
+//!   samples scaled to [-1, 1) as `torchaudio.load` does (bit-exact for WAV and FLAC), lossy
+//!   codecs decoded gapless. Other containers and codecs are refused with
+//!   [`EmbedError::UnsupportedFormat`]; empty, over-long ([`MAX_SAMPLES`]), non-finite, corrupt
+//!   or truncated audio with a message saying which.
 //! - Resampling: [`resample`] is torchaudio's `functional.resample` (windowed-sinc, Hann window,
 //!   6 zero crossings, roll-off 0.99), computed from the same kernel formula.
 //! - Clips: three 2-second clips starting at 0, (D-2)/3 and 2(D-2)/3 seconds of a D-second file
