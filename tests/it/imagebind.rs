@@ -348,7 +348,7 @@ fn texts_at_the_batch_length_equal_texts_at_77_tokens() {
 mod audio {
     use super::*;
     use omnibind::embed::preprocess::audio::{
-        clip_fbanks, decode_wav, normalize_fbank, resample, AudioPreprocessConfig, Fbank,
+        clip_fbanks, decode_audio, normalize_fbank, resample, AudioPreprocessConfig, Fbank,
     };
 
     /// Required parity of log-mel filterbank values with torchaudio's Kaldi fbank.
@@ -372,7 +372,7 @@ mod audio {
     }
 
     fn wav(name: &str) -> omnibind::embed::preprocess::audio::Waveform {
-        decode_wav(&std::fs::read(dir().join("audio").join(name)).unwrap()).unwrap()
+        decode_audio(&std::fs::read(dir().join("audio").join(name)).unwrap()).unwrap()
     }
 
     fn flat(t: &Tensor) -> Vec<f32> {

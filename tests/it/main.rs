@@ -5,4 +5,5 @@ mod common;
 mod crash;
 mod imagebind;
 mod imagebind_server;
+mod imagebind_audio_formats;
 mod server;

@@ -1,9 +1,13 @@
-//! Audio preprocessing of ImageBind: WAV decoding, resampling to 16 kHz, clip sampling and the
+//! Audio preprocessing of ImageBind: decoding, resampling to 16 kHz, clip sampling and the
 //! Kaldi-compatible log-mel filterbank, as the official `data.py` does it
 //! (`load_and_transform_audio_data`, `waveform2melspec`).
 //!
-//! - Decoding: WAV (8/16/24/32-bit integer PCM, 32-bit float), samples scaled to [-1, 1) as
-//!   `torchaudio.load` does. Other containers are refused with [`EmbedError::UnsupportedFormat`].
+//! - Decoding ([`decode_audio`], with symphonia): WAV (8/16/24/32-bit integer PCM, 32/64-bit
+//!   float), FLAC, MP3 and Ogg Vorbis, recognised by content, any sample rate and channel count;
+//!   samples scaled to [-1, 1) as `torchaudio.load` does (bit-exact for WAV and FLAC), lossy
+//!   codecs decoded gapless. Other containers and codecs are refused with
+//!   [`EmbedError::UnsupportedFormat`]; empty, over-long ([`MAX_SAMPLES`]), non-finite, corrupt
+//!   or truncated audio with a message saying which.
 //! - Resampling: [`resample`] is torchaudio's `functional.resample` (windowed-sinc, Hann window,
 //!   6 zero crossings, roll-off 0.99), computed from the same kernel formula.
 //! - Clips: three 2-second clips starting at 0, (D-2)/3 and 2(D-2)/3 seconds of a D-second file
@@ -47,67 +51,210 @@ impl Waveform {
     }
 }
 
-/// Decodes a WAV file as `torchaudio.load` returns it: integer samples divided by 2^(bits-1)
-/// (8-bit samples are unsigned, centred on 128), float samples as stored.
-pub fn decode_wav(bytes: &[u8]) -> Result<Waveform, EmbedError> {
-    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        let what = if bytes.starts_with(b"ID3") || bytes.starts_with(&[0xff, 0xfb]) {
-            "MP3"
-        } else if bytes.starts_with(b"fLaC") {
-            "FLAC"
-        } else if bytes.starts_with(b"OggS") {
-            "Ogg"
-        } else {
-            "not a RIFF/WAVE file"
-        };
-        return Err(EmbedError::UnsupportedFormat(format!(
-            "audio must be WAV (PCM or float); got {what}"
-        )));
+/// Decodes a WAV, FLAC, MP3 or Ogg Vorbis file (found by its content, not a name) with
+/// symphonia, as `torchaudio.load` returns it: planar float channels, integer PCM divided by
+/// 2^(bits-1) (8-bit samples are unsigned, centred on 128), float samples as stored, lossy codecs
+/// as their decoder's float output.
+///
+/// - WAV: 8/16/24/32-bit integer PCM and 32/64-bit float (plain or WAVE_FORMAT_EXTENSIBLE),
+///   bit-identical to reading the samples directly.
+/// - FLAC: any bit depth up to 32 (decoded samples are exact integers).
+/// - MP3 (MPEG-1/2 layer III) and Vorbis in Ogg: decoded with gapless trimming on, so the
+///   encoder delay and padding that LAME records in its Xing/Info header (and Vorbis's granule
+///   positions) are removed and the waveform lines up with the original audio, as ffmpeg
+///   decodes it.
+///
+/// Errors: unrecognised containers or codecs are [`EmbedError::UnsupportedFormat`]; corrupt
+/// streams, and streams that end before their stated length (all but MP3 files without a LAME
+/// header, whose length is only estimated), [`EmbedError::Decode`]; audio with no samples, longer than [`MAX_SAMPLES`]
+/// per channel (checked against the stated duration before decoding, and while decoding), or
+/// with NaN or infinite samples [`EmbedError::InvalidInput`].
+pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    use symphonia::core::codecs::audio::well_known::CODEC_ID_MP3;
+    use symphonia::core::codecs::audio::AudioDecoderOptions;
+    use symphonia::core::codecs::CodecParameters;
+    use symphonia::core::errors::Error as SymError;
+    use symphonia::core::formats::probe::Hint;
+    use symphonia::core::formats::{FormatOptions, TrackType};
+    use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
+    use symphonia::core::meta::MetadataOptions;
+
+    if bytes.is_empty() {
+        return Err(EmbedError::InvalidInput("audio file is empty".into()));
     }
-    let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
-        .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?;
-    let spec = reader.spec();
-    let ch = spec.channels as usize;
-    if ch == 0 || spec.sample_rate == 0 {
-        return Err(EmbedError::Decode(
-            "WAV with no channels or no sample rate".into(),
-        ));
-    }
-    let frames = reader.duration() as usize;
-    if frames > MAX_SAMPLES {
-        return Err(EmbedError::InvalidInput(format!(
-            "audio of {frames} samples per channel exceeds the limit of {MAX_SAMPLES}"
-        )));
-    }
-    let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Float, 32) => reader
-            .into_samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?,
-        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
-            let scale = (1u64 << (bits - 1)) as f64;
-            reader
-                .into_samples::<i32>()
-                .map(|s| s.map(|v| (v as f64 / scale) as f32))
-                .collect::<Result<_, _>>()
-                .map_err(|e| EmbedError::Decode(format!("WAV: {e}")))?
+    let what = sniff(bytes);
+    let decode_err = |e: SymError| match e {
+        SymError::Unsupported(f) => {
+            EmbedError::UnsupportedFormat(format!("{what}: unsupported feature: {f}"))
         }
-        (f, b) => {
-            return Err(EmbedError::UnsupportedFormat(format!(
-                "WAV with {b}-bit {f:?} samples"
-            )))
+        SymError::LimitError(l) => EmbedError::InvalidInput(format!("{what}: limit reached: {l}")),
+        SymError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            EmbedError::Decode(format!(
+                "{what}: file is truncated (unexpected end of data)"
+            ))
         }
+        e => EmbedError::Decode(format!("{what}: {e}")),
     };
-    let mut channels = vec![Vec::with_capacity(frames); ch];
-    for frame in interleaved.chunks_exact(ch) {
-        for (c, &s) in frame.iter().enumerate() {
-            channels[c].push(s);
+    let mss = MediaSourceStream::new(
+        Box::new(std::io::Cursor::new(bytes)),
+        MediaSourceStreamOptions::default(),
+    );
+    let mut reader = symphonia::default::get_probe()
+        .probe(
+            &Hint::new(),
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => EmbedError::UnsupportedFormat(format!(
+                "audio must be WAV, FLAC, MP3 or Ogg Vorbis; got {what}"
+            )),
+            e => decode_err(e),
+        })?;
+    let track = reader
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| EmbedError::Decode(format!("{what}: no audio track")))?;
+    let Some(CodecParameters::Audio(params)) = &track.codec_params else {
+        return Err(EmbedError::Decode(format!("{what}: no audio track")));
+    };
+    // The stated length is exact for WAV, FLAC, Ogg and LAME-tagged MP3; other MP3 files get an
+    // estimate from the bitrate, good for the size check but not for detecting truncation.
+    let exact_length = params.codec != CODEC_ID_MP3 || track.delay.is_some();
+    let (track_id, expected) = (track.id, track.num_frames);
+    if let Some(n) = expected.filter(|&n| n > MAX_SAMPLES as u64) {
+        return Err(too_long(n));
+    }
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(params, &AudioDecoderOptions::default().gapless(true))
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => EmbedError::UnsupportedFormat(format!(
+                "{what}: codec not supported (audio must be WAV, FLAC, MP3 or Ogg Vorbis)"
+            )),
+            e => decode_err(e),
+        })?;
+    let mut sample_rate = params.sample_rate.unwrap_or(0);
+    let mut channels: Vec<Vec<f32>> = Vec::new();
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => return Err(decode_err(e)),
+        };
+        if packet.track_id != track_id {
+            continue;
         }
+        let buf = decoder.decode(&packet).map_err(decode_err)?;
+        if buf.frames() == 0 {
+            continue;
+        }
+        let (rate, planes) = (buf.spec().rate(), buf.num_planes());
+        if channels.is_empty() {
+            if planes == 0 || rate == 0 {
+                return Err(EmbedError::Decode(format!(
+                    "{what}: stream has no channels or no sample rate"
+                )));
+            }
+            sample_rate = rate;
+            channels = vec![Vec::new(); planes];
+        } else if planes != channels.len() || rate != sample_rate {
+            return Err(EmbedError::UnsupportedFormat(format!(
+                "{what}: channel count or sample rate changes within the stream"
+            )));
+        }
+        let total = channels[0].len() + buf.frames();
+        if total > MAX_SAMPLES {
+            return Err(too_long(total as u64));
+        }
+        append_planes(&buf, &mut channels);
+    }
+    let frames = channels.first().map_or(0, Vec::len);
+    if frames == 0 {
+        return Err(EmbedError::InvalidInput(format!(
+            "{what} contains no audio samples"
+        )));
+    }
+    if let Some(n) = expected.filter(|&n| exact_length && (frames as u64) < n) {
+        return Err(EmbedError::Decode(format!(
+            "{what}: file is truncated ({frames} of {n} samples per channel decoded)"
+        )));
+    }
+    if let Some(i) = channels.iter().flatten().position(|v| !v.is_finite()) {
+        return Err(EmbedError::InvalidInput(format!(
+            "{what} contains NaN or infinite samples (first at sample {})",
+            i % frames
+        )));
     }
     Ok(Waveform {
-        sample_rate: spec.sample_rate,
+        sample_rate,
         channels,
     })
+}
+
+fn too_long(frames: u64) -> EmbedError {
+    EmbedError::InvalidInput(format!(
+        "audio of {frames} samples per channel exceeds the limit of {MAX_SAMPLES}"
+    ))
+}
+
+/// A name for the container, from its first bytes, for messages.
+fn sniff(bytes: &[u8]) -> &'static str {
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE" {
+        "WAV"
+    } else if bytes.starts_with(b"fLaC") {
+        "FLAC"
+    } else if bytes.starts_with(b"OggS") {
+        "Ogg"
+    } else if bytes.starts_with(b"ID3")
+        || (bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0)
+    {
+        "MP3"
+    } else {
+        "audio of an unrecognised format"
+    }
+}
+
+/// Appends a decoded buffer's planes to `channels` as torchaudio scales them: integers divided
+/// by 2^(bits-1) in f64, then rounded to f32 (unsigned ones centred first).
+fn append_planes(
+    buf: &symphonia::core::audio::GenericAudioBufferRef<'_>,
+    channels: &mut [Vec<f32>],
+) {
+    use symphonia::core::audio::sample::Sample;
+    use symphonia::core::audio::{Audio, GenericAudioBufferRef as B};
+    fn push<S: Sample>(
+        planes: symphonia::core::audio::AudioPlanes<'_, S>,
+        channels: &mut [Vec<f32>],
+        f: impl Fn(S) -> f32,
+    ) {
+        for (plane, out) in planes.zip(channels.iter_mut()) {
+            out.extend(plane.iter().map(|&s| f(s)));
+        }
+    }
+    const S8: f64 = (1u64 << 7) as f64;
+    const S16: f64 = (1u64 << 15) as f64;
+    const S24: f64 = (1u64 << 23) as f64;
+    const S32: f64 = (1u64 << 31) as f64;
+    match buf {
+        B::U8(b) => push(b.iter_planes(), channels, |s| ((s as f64 - S8) / S8) as f32),
+        B::U16(b) => push(b.iter_planes(), channels, |s| {
+            ((s as f64 - S16) / S16) as f32
+        }),
+        B::U24(b) => push(b.iter_planes(), channels, |s| {
+            ((s.inner() as f64 - S24) / S24) as f32
+        }),
+        B::U32(b) => push(b.iter_planes(), channels, |s| {
+            ((s as f64 - S32) / S32) as f32
+        }),
+        B::S8(b) => push(b.iter_planes(), channels, |s| (s as f64 / S8) as f32),
+        B::S16(b) => push(b.iter_planes(), channels, |s| (s as f64 / S16) as f32),
+        B::S24(b) => push(b.iter_planes(), channels, |s| {
+            (s.inner() as f64 / S24) as f32
+        }),
+        B::S32(b) => push(b.iter_planes(), channels, |s| (s as f64 / S32) as f32),
+        B::F32(b) => push(b.iter_planes(), channels, |s| s),
+        B::F64(b) => push(b.iter_planes(), channels, |s| s as f32),
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -427,14 +574,14 @@ pub fn normalize_fbank(m: &mut [f32]) {
         .for_each(|v| *v = (*v - FBANK_MEAN) / FBANK_STD);
 }
 
-/// WAV bytes to the audio tower's input: `clips` normalised `[1, mels, target_len]` filterbanks,
+/// Audio file bytes (see [`decode_audio`]) to the audio tower's input: `clips` normalised `[1, mels, target_len]` filterbanks,
 /// concatenated.
 pub fn preprocess(
     bytes: &[u8],
     fbank: &Fbank,
     cfg: &AudioPreprocessConfig,
 ) -> Result<Vec<f32>, EmbedError> {
-    let wave = decode_wav(bytes)?;
+    let wave = decode_audio(bytes)?;
     let (clips, _) = clip_fbanks(&wave, fbank, cfg)?;
     let mut out = clips.concat();
     normalize_fbank(&mut out);
@@ -471,12 +618,17 @@ mod tests {
     }
 
     #[test]
-    fn rejects_non_wav_and_short_audio() {
+    fn rejects_unknown_broken_and_short_audio() {
         assert!(matches!(
-            decode_wav(b"fLaC\0\0\0\0\0\0\0\0"),
+            decode_audio(b"not audio at all, just some text"),
             Err(EmbedError::UnsupportedFormat(_))
         ));
-        assert!(decode_wav(b"RIFF\0\0\0\0WAVEjunk").is_err());
+        assert!(matches!(
+            decode_audio(b""),
+            Err(EmbedError::InvalidInput(_))
+        ));
+        assert!(decode_audio(b"fLaC\0\0\0\0\0\0\0\0").is_err());
+        assert!(decode_audio(b"RIFF\0\0\0\0WAVEjunk").is_err());
         let fb = Fbank::new(16000, 128).unwrap();
         let w = Waveform {
             sample_rate: 16000,
