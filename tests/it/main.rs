@@ -4,4 +4,5 @@ mod clip;
 mod common;
 mod crash;
 mod imagebind;
+mod imagebind_video;
 mod server;

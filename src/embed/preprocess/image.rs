@@ -172,6 +172,12 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
 /// Decodes an image (first frame of an animation), applies its EXIF orientation and converts it
 /// to 8-bit RGB with transparency composited on white.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, EmbedError> {
+    Ok(to_rgb_on_white(decode_oriented(bytes)?))
+}
+
+/// Decodes an image (first frame of an animation) within the size limits and applies its EXIF
+/// orientation, keeping the decoded pixel format.
+pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
     let format = sniff_format(bytes).ok_or_else(|| {
         EmbedError::UnsupportedFormat(
             "not a JPEG, PNG, WebP or GIF image (detected from the file's bytes)".into(),
@@ -196,7 +202,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, EmbedError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(EmbedError::InvalidInput("image has no pixels".into()));
     }
-    Ok(to_rgb_on_white(img))
+    Ok(img)
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker. Markers are walked from the start of
