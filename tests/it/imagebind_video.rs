@@ -312,3 +312,57 @@ fn video_errors_fail_alone_in_a_batch() {
     assert!(out[0].is_err() && out[2].is_err());
     assert_eq!(out[1].as_ref().unwrap().len(), 24);
 }
+
+#[test]
+fn zip_uploads_to_an_imagebind_collection_are_searchable() {
+    use reqwest::blocking::multipart;
+    use serde_json::json;
+
+    let data = tempfile::tempdir().unwrap();
+    let model_dir = dir().join("models/imagebind-tiny");
+    let server = crate::server::TestServer::start_with(data.path(), |s| {
+        s.models = vec![ModelSpec::new("default", model_dir.to_str().unwrap())];
+    });
+    server.create("clips");
+    let mut form = multipart::Form::new();
+    for name in VIDEOS {
+        form = form
+            .part(
+                "file",
+                multipart::Part::bytes(zip_bytes(name)).file_name(format!("{name}.zip")),
+            )
+            .text("id", name.to_string());
+    }
+    let (s, v) = server.post_form("/v1/collections/clips/items", form);
+    assert_eq!(s, 200, "{v}");
+    for item in v["items"].as_array().unwrap() {
+        assert_eq!(item["modality"], "video", "{item}");
+        assert_eq!(item["status"], "created", "{item}");
+    }
+    // Detected from its bytes: a video query ranks the same video first.
+    let form = multipart::Form::new()
+        .part(
+            "file",
+            multipart::Part::bytes(zip_bytes(VIDEOS[2])).file_name("q.zip"),
+        )
+        .text("k", "3");
+    let (s, v) = server.post_form("/v1/collections/clips/search", form);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["hits"][0]["id"], VIDEOS[2], "{v}");
+    assert!(v["hits"][0]["score"].as_f64().unwrap() > 0.9999, "{v}");
+    // A broken archive is refused with a client error.
+    let form = multipart::Form::new()
+        .part(
+            "file",
+            multipart::Part::bytes(zip_of(&[])).file_name("empty.zip"),
+        )
+        .text("modality", "video");
+    let (s, v) = server.post_form("/v1/collections/clips/items", form);
+    let status = v["items"][0]["status"].clone();
+    assert!(
+        (400..500).contains(&s) || status == "error",
+        "{s} {v} ({})",
+        json!(status)
+    );
+    server.stop();
+}
