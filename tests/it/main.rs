@@ -6,4 +6,5 @@ mod crash;
 mod imagebind;
 mod imagebind_server;
 mod imagebind_audio_formats;
+mod imagebind_video;
 mod server;

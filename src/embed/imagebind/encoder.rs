@@ -24,7 +24,7 @@ use crate::embed::preprocess::image::{
     preprocess as preprocess_image, Alpha, CropOffset, ImagePreprocessConfig,
 };
 use crate::embed::preprocess::text::TextTokenizer;
-use crate::embed::preprocess::{depth, imu, thermal, PREPROCESS_VERSION};
+use crate::embed::preprocess::{depth, imu, thermal, video, PREPROCESS_VERSION};
 use crate::embed::registry::{card_license, read_to_string, sha256_files, var_builder, ModelSpec};
 use crate::embed::{EmbedError, Encoder, Input, Modality, ModelInfo};
 
@@ -80,23 +80,23 @@ impl ImageBindEncoder {
         let config_path = dir.join("config.json");
         let config = ImageBindConfig::from_json(&read_to_string(&config_path)?)
             .map_err(|e| EmbedError::Config(format!("{}: {e}", config_path.display())))?;
-        let available = config.modalities();
-        let wanted = spec.modalities.clone().unwrap_or_else(|| {
-            available
-                .iter()
-                .copied()
-                .filter(|m| *m != Modality::Video)
-                .collect()
-        });
+        let mut available = config.modalities();
+        // The video pipeline makes 224x224 clips of 2 frames, the official vision input.
+        let video_fits = config.inputs.image_size == video::SIZE
+            && config.inputs.video_frames == video::FRAMES_PER_CLIP;
+        if !video_fits {
+            available.retain(|m| *m != Modality::Video);
+        }
+        let wanted = spec.modalities.clone().unwrap_or_else(|| available.clone());
         if let Some(m) = wanted.iter().find(|m| !available.contains(m)) {
+            if *m == Modality::Video && !video_fits && config.vision.is_some() {
+                return Err(EmbedError::Config(
+                    "video input needs a vision tower of 224x224 inputs and 2-frame clips".into(),
+                ));
+            }
             return Err(EmbedError::Config(format!(
                 "this ImageBind model has no {m} tower"
             )));
-        }
-        if wanted.contains(&Modality::Video) {
-            return Err(EmbedError::Config(
-                "video input is not supported yet (no video decoder)".into(),
-            ));
         }
         let mut towers: Vec<Tower> = wanted.iter().map(|&m| Tower::of(m)).collect();
         towers.dedup();
@@ -194,6 +194,7 @@ impl ImageBindEncoder {
             Modality::Depth => depth::preprocess(bytes, &self.model.config.inputs.depth),
             Modality::Thermal => thermal::preprocess(bytes),
             Modality::Imu => imu::preprocess(bytes),
+            Modality::Video => video::preprocess(bytes),
             other => Err(self.unsupported(other)),
         }
     }
@@ -212,6 +213,13 @@ impl ImageBindEncoder {
                 ],
                 self.audio_cfg.clips,
             ),
+            Modality::Video => {
+                let clips = video::CLIPS * video::CROPS;
+                (
+                    vec![clips, 3, video::FRAMES_PER_CLIP, i.image_size, i.image_size],
+                    clips,
+                )
+            }
             Modality::Depth | Modality::Thermal => (vec![1, i.image_size, i.image_size], 1),
             _ => (vec![i.imu_channels, i.imu_len], 1),
         }
@@ -225,7 +233,13 @@ impl ImageBindEncoder {
         }
         let (shape, clips) = self.input_shape(m);
         let per: usize = shape.iter().product();
-        forward_in_chunks(inputs, self.max_batch, |chunk| {
+        // A video is 15 clips of two frames: `max_batch` counts clips for it, not videos.
+        let per_chunk = if m == Modality::Video {
+            (self.max_batch / clips).max(1)
+        } else {
+            self.max_batch
+        };
+        forward_in_chunks(inputs, per_chunk, |chunk| {
             let mut data = Vec::with_capacity(chunk.len() * per);
             for x in chunk {
                 if x.len() != per {
@@ -288,6 +302,7 @@ impl Encoder for ImageBindEncoder {
         for m in [
             Modality::Image,
             Modality::Audio,
+            Modality::Video,
             Modality::Depth,
             Modality::Thermal,
             Modality::Imu,

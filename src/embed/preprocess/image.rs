@@ -214,6 +214,16 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, EmbedError> {
 
 /// [`decode_rgb`] with a chosen treatment of transparency.
 pub fn decode_rgb_with(bytes: &[u8], alpha: Alpha) -> Result<RgbImage, EmbedError> {
+    let img = decode_oriented(bytes)?;
+    Ok(match alpha {
+        Alpha::White => to_rgb_on_white(img),
+        Alpha::Drop => img.into_rgb8(),
+    })
+}
+
+/// Decodes an image (first frame of an animation) within the size limits and applies its EXIF
+/// orientation, keeping the decoded pixel format.
+pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
     let format = sniff_format(bytes).ok_or_else(|| {
         EmbedError::UnsupportedFormat(
             "not a JPEG, PNG, WebP or GIF image (detected from the file's bytes)".into(),
@@ -238,10 +248,7 @@ pub fn decode_rgb_with(bytes: &[u8], alpha: Alpha) -> Result<RgbImage, EmbedErro
     if img.width() == 0 || img.height() == 0 {
         return Err(EmbedError::InvalidInput("image has no pixels".into()));
     }
-    Ok(match alpha {
-        Alpha::White => to_rgb_on_white(img),
-        Alpha::Drop => img.into_rgb8(),
-    })
+    Ok(img)
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker. Markers are walked from the start of

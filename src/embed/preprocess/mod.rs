@@ -9,6 +9,7 @@ pub mod map;
 pub mod npy;
 pub mod text;
 pub mod thermal;
+pub mod video;
 
 /// Version of the preprocessing pipelines. Stored with every vector, so that a change of
 /// preprocessing (which silently changes embeddings) can be detected in stored data.
