@@ -329,8 +329,8 @@ fn converted_checkpoint_equals_the_official_one() {
         ImageBindConfig::from_json(&std::fs::read_to_string(imu_only.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg.modalities(), vec![Modality::Imu]);
-    let t = candle_core::safetensors::load(imu_only.join("model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let t =
+        candle_core::safetensors::load(imu_only.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(t.keys().all(|k| k.contains(".imu.")), "{:?}", t.keys());
 }
 
@@ -509,6 +509,15 @@ mod encoder {
         }
     }
 
+    /// Embeds a batch whose every input must succeed.
+    fn embed_all(enc: &dyn omnibind::embed::Encoder, inputs: &[Input]) -> Vec<Vec<f32>> {
+        enc.embed_batch(inputs)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn check(what: &str, ours: &[Vec<f32>], theirs: &[Vec<f32>]) {
         assert_close(what, ours, &normalized(theirs), 1.0);
     }
@@ -537,12 +546,7 @@ mod encoder {
             assert!(want[ids.len()..].iter().all(|&x| x == 0));
         }
         let inputs: Vec<Input> = meta.texts.iter().map(|t| Input::Text(t.clone())).collect();
-        let out: Vec<Vec<f32>> = enc
-            .embed_batch(&inputs)
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let out = embed_all(enc.as_ref(), &inputs);
         check("encoder text", &out, &rows(&refs["text.output"]));
 
         // Images that decode bit-identically to PIL (PNG, WebP, GIF; JPEG decoders differ),
@@ -577,12 +581,7 @@ mod encoder {
             .iter()
             .map(|n| bytes(Modality::Audio, dir().join("audio").join(n)))
             .collect();
-        let out: Vec<Vec<f32>> = enc
-            .embed_batch(&inputs)
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let out = embed_all(enc.as_ref(), &inputs);
         let want: Vec<Vec<f32>> = names
             .iter()
             .map(|n| rows(&audio_refs[&format!("{n}.output")]).remove(0))
@@ -627,12 +626,7 @@ mod encoder {
                 rows(&refs[want])
             };
             let inputs: Vec<Input> = paths.iter().map(|p| bytes(modality, p.clone())).collect();
-            let out: Vec<Vec<f32>> = enc
-                .embed_batch(&inputs)
-                .unwrap()
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
+            let out = embed_all(enc.as_ref(), &inputs);
             check(&format!("encoder {key} files"), &out, &want);
         }
     }
@@ -688,23 +682,52 @@ mod encoder {
             modality: Modality::Imu,
             bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy")).unwrap(),
         };
+        // A 1-pixel depth map (16-bit PNG) and a depth .npy holding NaN.
+        let mut one_px = Vec::new();
+        image::DynamicImage::ImageLuma16(image::ImageBuffer::from_pixel(
+            1,
+            1,
+            image::Luma([1000u16]),
+        ))
+        .write_to(
+            &mut std::io::Cursor::new(&mut one_px),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        let mut nan_npy = std::fs::read(dir().join("depth/room0_224x224_m.npy")).unwrap();
+        let at = nan_npy.len() - 4 * 100;
+        nan_npy[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let bytes = |modality, b: &[u8]| Input::Bytes {
+            modality,
+            bytes: b.to_vec(),
+        };
         let out = enc
             .embed_batch(&[
                 Input::Text("a dog".into()),
-                Input::Bytes {
-                    modality: Modality::Imu,
-                    bytes: b"1,2,3\n".to_vec(),
-                },
-                Input::Bytes {
-                    modality: Modality::Depth,
-                    bytes: b"GIF89a".to_vec(),
-                },
+                bytes(Modality::Imu, b"1,2,3\n4,5,6\n"),
+                bytes(Modality::Depth, b"GIF89a"),
+                bytes(Modality::Depth, &one_px),
+                bytes(Modality::Depth, &nan_npy),
+                bytes(Modality::Imu, b"1,2,3,4,5,NaN\n1,2,3,4,5,6\n"),
                 good,
             ])
             .unwrap();
-        assert!(out[0].is_err() && out[1].is_err() && out[2].is_err());
-        assert_eq!(out[3].as_ref().unwrap().len(), 24);
-        let n: f32 = out[3].as_ref().unwrap().iter().map(|x| x * x).sum();
+        let messages: Vec<String> = out[..6]
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        for (m, want) in messages.iter().zip([
+            "text",
+            "3 columns",
+            "16-bit PNG",
+            "1x1",
+            "NaN",
+            "non-finite",
+        ]) {
+            assert!(m.contains(want), "{m:?} should mention {want:?}");
+        }
+        assert_eq!(out[6].as_ref().unwrap().len(), 24);
+        let n: f32 = out[6].as_ref().unwrap().iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-5);
     }
 }

@@ -39,6 +39,7 @@ fn items() -> Vec<Item> {
     let refs = load_tensors(&ib().join("reference/model.safetensors"));
     let images = load_tensors(&ib().join("reference/images.safetensors.gz"));
     let audio = load_tensors(&ib().join("reference/audio.safetensors.gz"));
+    let video = load_tensors(&ib().join("reference/video.safetensors.gz"));
     let meta: Value = read_json(&ib().join("reference/meta.json"));
     let files = |m: &str, i: usize| meta["files"][m][i].as_str().unwrap().to_string();
     let image_names: Vec<String> = serde_json::from_value(meta["images"].clone()).unwrap();
@@ -73,6 +74,13 @@ fn items() -> Vec<Item> {
             )),
             text: None,
             reference: row(&images["output"], img),
+        },
+        Item {
+            id: "video",
+            modality: "video",
+            file: Some((ib().join("video/squares_320x240_24fps.zip"), "clip.zip")),
+            text: None,
+            reference: row(&video["squares_320x240_24fps.output"], 0),
         },
         Item {
             id: "audio",
@@ -124,7 +132,10 @@ fn assert_same_ranking(what: &str, got: &[(String, f32)], want: &[(String, f32)]
     let ids = |v: &[(String, f32)]| v.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>();
     assert_eq!(ids(got), ids(want), "{what}: ranking");
     for ((id, a), (_, b)) in got.iter().zip(want) {
-        assert!((a - b).abs() < 1e-4, "{what}: {id} scored {a}, reference {b}");
+        assert!(
+            (a - b).abs() < 1e-4,
+            "{what}: {id} scored {a}, reference {b}"
+        );
     }
 }
 
@@ -153,7 +164,7 @@ fn every_modality_searches_every_other_as_the_official_vectors_rank() {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    for m in ["text", "image", "audio", "depth", "thermal", "imu"] {
+    for m in ["text", "image", "video", "audio", "depth", "thermal", "imu"] {
         assert!(listed.contains(&m), "{m} not in {listed:?}");
     }
     let (s, v) = server.post(

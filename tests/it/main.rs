@@ -4,7 +4,7 @@ mod clip;
 mod common;
 mod crash;
 mod imagebind;
-mod imagebind_server;
 mod imagebind_audio_formats;
+mod imagebind_server;
 mod imagebind_video;
 mod server;

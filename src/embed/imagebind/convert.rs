@@ -34,7 +34,10 @@ pub fn tower_of_key(key: &str) -> Option<Tower> {
 /// names (stored dtype, on the CPU).
 pub fn read_pth(path: &Path, towers: &[Tower]) -> Result<HashMap<String, Tensor>, EmbedError> {
     let bad = |e: candle_core::Error| {
-        EmbedError::Config(format!("{}: not a readable PyTorch checkpoint: {e}", path.display()))
+        EmbedError::Config(format!(
+            "{}: not a readable PyTorch checkpoint: {e}",
+            path.display()
+        ))
     };
     let mut all = candle_core::pickle::read_all(path).map_err(bad)?;
     if !all.iter().any(|(k, _)| canonical_key(k).is_some()) {
@@ -76,7 +79,13 @@ fn tower_sizes(tensors: &HashMap<String, Tensor>, t: Tower) -> Option<(usize, us
     let prefix = format!("modality_trunks.{}.blocks.", k.name);
     let blocks = tensors
         .keys()
-        .filter_map(|key| key.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|key| {
+            key.strip_prefix(&prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |b| b + 1);
     Some((dim, blocks))
@@ -116,7 +125,9 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Result<ImageBindConfig
         }
     }
     if found.is_empty() {
-        return Err(EmbedError::Config("no tower found in the checkpoint".into()));
+        return Err(EmbedError::Config(
+            "no tower found in the checkpoint".into(),
+        ));
     }
     Ok(config)
 }
@@ -146,7 +157,11 @@ pub struct ConvertReport {
 /// Converts an official checkpoint into an omnibind model directory `out` (created; existing
 /// `model.safetensors` / `config.json` are refused rather than overwritten). The result is
 /// checked by building every kept tower from it before anything is written.
-pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport, EmbedError> {
+pub fn convert(
+    input: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, EmbedError> {
     let wanted = opts.towers.clone().unwrap_or_else(|| Tower::ALL.to_vec());
     let mut tensors = read_pth(input, &wanted)?;
     let mut config = match &opts.config {
