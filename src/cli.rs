@@ -181,6 +181,66 @@ pub struct ConvertImageBindArgs {
     pub tokenizer: Option<PathBuf>,
 }
 
+/// Arguments of `omnibind data openmoji`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataOpenMojiArgs {
+    /// The OpenMoji npm package, as `npm pack openmoji@17.0.0` writes it.
+    #[arg(long, value_name = "TGZ")]
+    pub package: PathBuf,
+    /// Output dataset directory (created; must not hold a dataset already).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Only the first N emoji of the package's CSV.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Side of the square image, depth and thermal renderings, in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Seed of the synthetic depth, thermal and IMU data and of the voice choice.
+    #[arg(long, default_value_t = crate::data::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Skip the spoken annotations (espeak-ng not needed).
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Held-out list (default: models/default/heldout.txt when it exists, else computed).
+    #[arg(long, value_name = "FILE")]
+    pub heldout: Option<PathBuf>,
+}
+
+/// The committed held-out list of the default model.
+pub const DEFAULT_HELDOUT: &str = "models/default/heldout.txt";
+
+/// `omnibind data openmoji`: writes the dataset and prints its summary as JSON.
+pub fn data_openmoji(args: DataOpenMojiArgs) -> Result<()> {
+    use crate::data::{openmoji, OpenMojiOptions};
+    let heldout = args.heldout.clone().or_else(|| {
+        let p = PathBuf::from(DEFAULT_HELDOUT);
+        if p.exists() {
+            Some(p)
+        } else {
+            tracing::warn!("{DEFAULT_HELDOUT} not found: computing the held-out split");
+            None
+        }
+    });
+    let mut opts = OpenMojiOptions::new(&args.package, &args.out);
+    opts.limit = args.limit;
+    opts.image_size = args.image_size;
+    opts.seed = args.seed;
+    opts.audio = !args.no_audio;
+    opts.heldout = heldout;
+    let t0 = Instant::now();
+    let summary = openmoji(&opts)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "{} items ({} skipped) written to {} in {:.1}s",
+        summary.items,
+        summary.skipped.len(),
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `omnibind convert-imagebind`: official checkpoint to safetensors plus config.
 pub fn convert_imagebind(args: ConvertImageBindArgs) -> Result<()> {
     use crate::embed::imagebind::convert::{convert, ConvertOptions};

@@ -7,6 +7,7 @@
 //! - [`store`]: durable storage of items, vectors and original content.
 //! - [`engine`]: collections binding a model, the store and an index; uploads and searches.
 //! - [`api`] and [`app`]: the HTTP API over the engine, and the server that runs it.
+//! - [`data`]: preparation of training data (`omnibind data openmoji`); no HTTP, no models.
 //!
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
@@ -15,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod embed;
 pub mod engine;
 pub mod index;

@@ -24,6 +24,15 @@ enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Prepare training data from registry packages.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Six-modality dataset from the OpenMoji npm package (`npm pack openmoji@17.0.0`).
+    Openmoji(omnibind::cli::DataOpenMojiArgs),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Search(args) => omnibind::cli::search(args),
         Command::ConvertImagebind(args) => omnibind::cli::convert_imagebind(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
+        Command::Data(DataCommand::Openmoji(args)) => omnibind::cli::data_openmoji(args),
         Command::Ingest(args) => {
             let summary = omnibind::cli::ingest(args)?;
             if summary.failed > 0 {
