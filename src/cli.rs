@@ -882,4 +882,51 @@ mod tests {
         assert!(body.contains("filename=\"a_b.jpg\""));
         assert!(body.ends_with(&format!("--{b}--\r\n")));
     }
+
+    #[test]
+    fn data_openmoji_arguments_and_run() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: DataOpenMojiArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/openmoji-mini/openmoji-mini-1.0.0.tgz");
+        let list = dir.path().join("heldout.txt");
+        std::fs::write(&list, "2B50\n").unwrap();
+        let out = dir.path().join("ds");
+        let a = |p: &Path| p.display().to_string();
+        let cmd = Cmd::try_parse_from([
+            "data".to_owned(),
+            "--package".into(),
+            a(&pkg),
+            "--out".into(),
+            a(&out),
+            "--limit".into(),
+            "6".into(),
+            "--image-size".into(),
+            "32".into(),
+            "--no-audio".into(),
+            "--heldout".into(),
+            a(&list),
+        ])
+        .unwrap();
+        assert_eq!(cmd.args.image_size, 32);
+        assert_eq!(cmd.args.seed, crate::data::DEFAULT_SEED);
+        data_openmoji(cmd.args).unwrap();
+        let items = crate::data::read_manifest(&out.join("manifest.jsonl")).unwrap();
+        assert_eq!(items.len(), 6);
+        let held: Vec<_> = items
+            .iter()
+            .filter(|i| i.split == crate::data::Split::Heldout)
+            .map(|i| i.hexcode.as_str())
+            .collect();
+        assert_eq!(held, ["2B50"]);
+        let defaults = Cmd::try_parse_from(["data", "--package", "p.tgz", "--out", "o"]).unwrap();
+        assert_eq!(defaults.args.image_size, 224);
+        assert!(!defaults.args.no_audio && defaults.args.limit.is_none());
+        assert!(Cmd::try_parse_from(["data", "--out", "o"]).is_err());
+    }
 }
