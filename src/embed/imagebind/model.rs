@@ -10,15 +10,12 @@
 //! tokens (the trunk is causal, so positions after the end-of-text token cannot change it).
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d_no_bias, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm,
-    LayerNormConfig, Linear, VarBuilder,
-};
+use candle_nn::{conv2d_no_bias, linear, linear_no_bias, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::config::{
     ImageBindConfig, LayerScale, TrunkConfig, MAX_LOGIT_SCALE, STEM_LN_EPS, TRUNK_LN_EPS,
 };
-use crate::embed::layers::{causal_mask, FusedSelfAttention};
+use crate::embed::layers::{causal_mask, FusedSelfAttention, LayerNorm};
 use crate::embed::Modality;
 
 /// Official key names of one modality, relative to `modality_preprocessors.<name>`,
@@ -163,14 +160,7 @@ impl Tower {
 }
 
 fn ln(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    layer_norm(
-        size,
-        LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-        vb,
-    )
+    LayerNorm::load(size, eps, vb)
 }
 
 /// `nn.MultiheadAttention` (self-attention, fused in-projection, optional `bias_k`/`bias_v`).
