@@ -11,7 +11,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::loss::info_nce;
+use super::loss::{info_nce, similarity_matrix};
 use super::params::{bind_temperature, stage1_temperature, Trainable};
 use super::schedule::LrSchedule;
 use crate::embed::imagebind::model::{ImageBindModel, Tower};
@@ -93,6 +93,41 @@ pub enum Paired {
 pub struct Batch {
     pub images: Tensor,
     pub paired: Paired,
+}
+
+impl Batch {
+    /// Rows `start..start + len` of every input.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Batch> {
+        self.select_with(
+            |t| t.narrow(0, start, len),
+            &(start..start + len).collect::<Vec<_>>(),
+        )
+    }
+
+    /// The pairs at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Result<Batch> {
+        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), self.images.device())?;
+        self.select_with(|t| t.index_select(&idx, 0), indices)
+    }
+
+    fn select_with(
+        &self,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+        indices: &[usize],
+    ) -> Result<Batch> {
+        let paired = match &self.paired {
+            Paired::Text { ids, eos } => Paired::Text {
+                ids: f(ids)?,
+                eos: indices.iter().map(|&i| eos[i]).collect(),
+            },
+            Paired::Other(x) => Paired::Other(f(x)?),
+        };
+        Ok(Batch {
+            images: f(&self.images)?,
+            paired,
+        })
+    }
 }
 
 /// What one step did.
@@ -242,6 +277,22 @@ impl Trainer {
         let (images, other) = self.embed(model, batch)?;
         let temp = &self.trained.last().expect("the temperature is trained").1;
         info_nce(&images, &other, temp.as_tensor())
+    }
+
+    /// Cosine similarities `[n * n]` of the images and their partners over a pool of `n` pairs,
+    /// embedded by the current model in chunks of `chunk` rows without gradients: the input of
+    /// [`super::sampler::Negatives::Mined`].
+    pub fn pool_similarity(&self, pool: &Batch, chunk: usize) -> Result<Vec<f32>> {
+        let model = self.build()?;
+        let n = pool.images.dim(0)?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for start in (0..n).step_by(chunk.max(1)) {
+            let len = chunk.max(1).min(n - start);
+            let (x, y) = self.embed(&model, &pool.narrow(start, len)?)?;
+            a.push(x.detach());
+            b.push(y.detach());
+        }
+        similarity_matrix(&Tensor::cat(&a, 0)?, &Tensor::cat(&b, 0)?)
     }
 
     /// Loss and gradients of a batch, without updating anything.
