@@ -269,22 +269,28 @@ pub fn run(
                 }
             };
             let mut sampler = BatchSampler::new(s.batch_size, stage_seed ^ epoch as u64);
-            let (mut sum, mut count, mut lr) = (0f64, 0usize, 0f64);
+            let (mut sum, mut count, mut lr, mut build, mut secs) =
+                (0f64, 0usize, 0f64, 0f64, 0f64);
             for batch in sampler.epoch(n, negatives) {
                 let st = trainer.step(&pool.select(&batch)?)?;
                 sum += st.loss as f64;
                 count += 1;
                 lr = st.lr;
+                build += st.build_secs;
+                secs += st.step_secs;
             }
             steps += count;
             let mean = (sum / count.max(1) as f64) as f32;
             first.get_or_insert(mean);
             last = Some(mean);
             log(&format!(
-                "{name} epoch {}/{}: loss {mean:.4}, lr {lr:.2e}, step {}",
+                "{name} epoch {}/{}: loss {mean:.4}, lr {lr:.2e}, step {}, {:.1} ms per step \
+                 ({:.2} ms rebuilding the model)",
                 epoch + 1,
                 s.epochs,
-                trainer.step_index()
+                trainer.step_index(),
+                1e3 * secs / count.max(1) as f64,
+                1e3 * build / count.max(1) as f64,
             ));
             let meta = CheckpointMeta {
                 step: trainer.step_index(),
