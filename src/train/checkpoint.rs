@@ -40,18 +40,24 @@ pub fn recipe_hash(recipe: &str) -> String {
         .collect()
 }
 
-/// Writes the checkpoint into `dir` (created if needed).
+/// Writes the checkpoint into `dir` (created if needed). Each file is written under a temporary
+/// name and renamed into place, `trainer.json` last, so that an interrupted save leaves the
+/// previous checkpoint's `trainer.json` and never a truncated file.
 pub fn save(dir: &Path, params: &Trainable, meta: &CheckpointMeta) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
     params
         .varmap()
-        .save(dir.join(WEIGHTS_FILE))
+        .save(tmp(WEIGHTS_FILE))
         .context("writing the weights")?;
-    std::fs::write(dir.join(CONFIG_FILE), params.config().to_json())?;
-    std::fs::write(
-        dir.join(META_FILE),
-        serde_json::to_string_pretty(meta)? + "\n",
-    )?;
+    std::fs::rename(tmp(WEIGHTS_FILE), dir.join(WEIGHTS_FILE))?;
+    for (name, text) in [
+        (CONFIG_FILE, params.config().to_json()),
+        (META_FILE, serde_json::to_string_pretty(meta)? + "\n"),
+    ] {
+        std::fs::write(tmp(name), text).with_context(|| format!("writing {name}"))?;
+        std::fs::rename(tmp(name), dir.join(name))?;
+    }
     Ok(())
 }
 

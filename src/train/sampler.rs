@@ -92,9 +92,9 @@ pub fn grouped_batches(labels: &[u64], batch_size: usize, rng: &mut StdRng) -> V
 }
 
 /// Greedy partition of `0..n` by similarity: an unused seed item (in random order) takes the
-/// `batch_size - 1` unused items whose similarity to it (`sim[seed * n + j]`, falling back to
-/// `sim[j * n + seed]` being equal in a symmetric matrix) is highest, so that each batch holds
-/// the candidates the current model confuses most with its seed.
+/// `batch_size - 1` unused items whose candidates are most similar to its anchor
+/// (`sim[seed * n + j]`), so that each batch holds the pairs the current model confuses most
+/// with its seed.
 pub fn hard_batches(sim: &[f32], n: usize, batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(rng);
