@@ -1,7 +1,7 @@
 //! Command-line commands. `main.rs` parses arguments with clap and calls into here.
 //!
-//! `embed` runs a model locally; `serve` runs the HTTP server; `search` and `ingest` are
-//! clients of a running server's HTTP API.
+//! `embed` runs a model locally; `train` carries out a training recipe; `serve` runs the HTTP
+//! server; `search` and `ingest` are clients of a running server's HTTP API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -929,4 +929,41 @@ mod tests {
         assert!(!defaults.args.no_audio && defaults.args.limit.is_none());
         assert!(Cmd::try_parse_from(["data", "--out", "o"]).is_err());
     }
+}
+
+/// Arguments of `omnibind train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Training recipe (TOML; see the `train::recipe` module documentation).
+    #[arg(long)]
+    pub recipe: PathBuf,
+}
+
+/// Carries out a training recipe (resuming from its checkpoints) and prints one JSON line per
+/// stage; progress goes to standard error.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.recipe)
+        .with_context(|| format!("reading {}", args.recipe.display()))?;
+    let recipe = crate::train::Recipe::from_toml(&text)?;
+    let base = args
+        .recipe
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let reports = crate::train::recipe::run(&recipe, &text, base, |line| eprintln!("{line}"))?;
+    for r in reports {
+        println!(
+            "{}",
+            json!({
+                "stage": r.name,
+                "checkpoint": base.join(&recipe.output).join(&r.name),
+                "epochs_run": r.epochs_run,
+                "steps_run": r.steps_run,
+                "first_epoch_loss": r.first_loss,
+                "last_epoch_loss": r.last_loss,
+                "steps_per_sec": r.steps_per_sec,
+            })
+        );
+    }
+    Ok(())
 }

@@ -6,6 +6,8 @@
 //! - [`index`]: approximate and exact nearest-neighbour indexes over embedding vectors.
 //! - [`store`]: durable storage of items, vectors and original content.
 //! - [`engine`]: collections binding a model, the store and an index; uploads and searches.
+//! - [`train`]: training of small ImageBind-architecture models (contrastive stages, optimiser,
+//!   checkpoints) over [`embed`]; no HTTP.
 //! - [`api`] and [`app`]: the HTTP API over the engine, and the server that runs it.
 //! - [`data`]: preparation of training data (`omnibind data openmoji`); no HTTP, no models.
 //!
@@ -22,3 +24,4 @@ pub mod engine;
 pub mod index;
 pub mod ingest;
 pub mod store;
+pub mod train;

@@ -21,6 +21,8 @@ enum Command {
     Ingest(omnibind::cli::IngestArgs),
     /// Convert the official ImageBind checkpoint (.pth) into a safetensors model directory.
     ConvertImagebind(omnibind::cli::ConvertImageBindArgs),
+    /// Train a small ImageBind-architecture model from a recipe (TOML).
+    Train(omnibind::cli::TrainArgs),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(args) => omnibind::cli::embed(args),
         Command::Search(args) => omnibind::cli::search(args),
         Command::ConvertImagebind(args) => omnibind::cli::convert_imagebind(args),
+        Command::Train(args) => omnibind::cli::train(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
         Command::Data(DataCommand::Openmoji(args)) => omnibind::cli::data_openmoji(args),
         Command::Ingest(args) => {

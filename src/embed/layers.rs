@@ -1,5 +1,11 @@
-//! Building blocks the model families share: fused multi-head self-attention, and running a
-//! tower over a batch in `max_batch` chunks into unit-norm f32 rows on the CPU.
+//! Building blocks the model families share: fused multi-head self-attention, a LayerNorm that
+//! stays differentiable when trained, and running a tower over a batch in `max_batch` chunks into
+//! unit-norm f32 rows on the CPU.
+//!
+//! candle's fused softmax and LayerNorm kernels (`softmax_last_dim`, and `LayerNorm::forward` on
+//! contiguous inputs) have no backward pass: applied to tensors that depend on trained variables
+//! they silently cut the gradient. The blocks here use the fused kernels for inference and the
+//! composed, differentiable forms whenever an input tracks gradients.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::Linear;
@@ -81,9 +87,49 @@ impl FusedSelfAttention {
             };
             attn = attn.broadcast_add(&mask)?;
         }
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        let attn = if attn.track_op() {
+            candle_nn::ops::softmax(&attn, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&attn)?
+        };
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.out_proj.forward(&out)
+    }
+}
+
+/// `nn.LayerNorm` with weight and bias: candle's fused kernel when nothing tracks gradients,
+/// the composed form (same formula, differentiable) when the input or a weight does.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self {
+            inner: candle_nn::LayerNorm::new(weight, bias, eps),
+            eps,
+        }
+    }
+
+    /// Loads `weight` and `bias` of `size` values from `vb`.
+    pub fn load(size: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.))?;
+        let bias = vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.))?;
+        Ok(Self::new(weight, bias, eps))
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let w = self.inner.weight();
+        let b = self.inner.bias().expect("LayerNorm::new sets a bias");
+        if xs.track_op() || w.track_op() || b.track_op() {
+            candle_nn::ops::layer_norm_slow(xs, w, b, self.eps as f32)
+        } else {
+            self.inner.forward(xs)
+        }
     }
 }
 

@@ -10,15 +10,12 @@
 //! tokens (the trunk is causal, so positions after the end-of-text token cannot change it).
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d_no_bias, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm,
-    LayerNormConfig, Linear, VarBuilder,
-};
+use candle_nn::{conv2d_no_bias, linear, linear_no_bias, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::config::{
     ImageBindConfig, LayerScale, TrunkConfig, MAX_LOGIT_SCALE, STEM_LN_EPS, TRUNK_LN_EPS,
 };
-use crate::embed::layers::{causal_mask, FusedSelfAttention};
+use crate::embed::layers::{causal_mask, FusedSelfAttention, LayerNorm};
 use crate::embed::Modality;
 
 /// Official key names of one modality, relative to `modality_preprocessors.<name>`,
@@ -163,14 +160,7 @@ impl Tower {
 }
 
 fn ln(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    layer_norm(
-        size,
-        LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-        vb,
-    )
+    LayerNorm::load(size, eps, vb)
 }
 
 /// `nn.MultiheadAttention` (self-attention, fused in-projection, optional `bias_k`/`bias_v`).
@@ -254,8 +244,15 @@ impl Block {
 enum Stem {
     /// Vision: the Conv3d folded into a Conv2d over `[c * frames + t]` channels.
     Video { conv: Conv2d, frames: usize },
-    /// Audio, depth, thermal: Conv2d then LayerNorm over channels.
-    Conv { conv: Conv2d, norm: LayerNorm },
+    /// Audio, depth, thermal: Conv2d then LayerNorm over channels. `input` is the configured
+    /// input size and `covered` the part of it the strided kernel reaches (the official audio
+    /// stem, 16x16 with stride 10 over 128x204, leaves the last 2 rows and 6 columns out).
+    Conv {
+        conv: Conv2d,
+        norm: LayerNorm,
+        input: (usize, usize),
+        covered: (usize, usize),
+    },
     /// Text: token embedding.
     Tokens(candle_nn::Embedding),
     /// IMU: windows of `kernel` samples of every channel, linear, LayerNorm.
@@ -338,8 +335,15 @@ impl TowerModel {
                     STEM_LN_EPS,
                     pre.pp(k.stem_norm.expect("conv stems have a norm")),
                 )?;
-                let patches = ((h - kernel) / stride + 1) * ((w - kernel) / stride + 1);
-                (Stem::Conv { conv, norm }, 1 + patches)
+                let (ph, pw) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+                let covered = ((ph - 1) * stride + kernel, (pw - 1) * stride + kernel);
+                let stem = Stem::Conv {
+                    conv,
+                    norm,
+                    input: (h, w),
+                    covered,
+                };
+                (stem, 1 + ph * pw)
             }
             Tower::Imu => {
                 let proj = linear_no_bias(i.imu_channels * i.imu_kernel, d, pre.pp(k.stem_proj))?;
@@ -428,8 +432,22 @@ impl TowerModel {
                 let xs = xs.contiguous()?.reshape((b, c * t, h, w))?;
                 conv.forward(&xs)?.flatten_from(2)?.transpose(1, 2)?
             }
-            Stem::Conv { conv, norm } => {
-                let p = conv.forward(xs)?.flatten_from(2)?.transpose(1, 2)?;
+            Stem::Conv {
+                conv,
+                norm,
+                input,
+                covered,
+            } => {
+                // Only the covered part enters the conv (the same output): candle's conv2d
+                // backward pass cannot give the input gradient of an uncovered remainder and
+                // fails on the shape mismatch.
+                let (_, _, h, w) = xs.dims4()?;
+                let xs = if (h, w) == *input && covered != input {
+                    xs.narrow(2, 0, covered.0)?.narrow(3, 0, covered.1)?
+                } else {
+                    xs.clone()
+                };
+                let p = conv.forward(&xs)?.flatten_from(2)?.transpose(1, 2)?;
                 norm.forward(&p.contiguous()?)?
             }
             Stem::Tokens(emb) => emb.forward(xs)?,
