@@ -1,6 +1,7 @@
 //! Command-line commands. `main.rs` parses arguments with clap and calls into here.
 //!
-//! `embed` runs a model locally; `train` carries out a training recipe; `serve` runs the HTTP
+//! `embed` runs a model locally; `train` carries out a training recipe; `eval` measures a model
+//! on an OpenMoji dataset; `serve` runs the HTTP
 //! server; `search` and `ingest` are clients of a running server's HTTP API.
 
 use std::net::SocketAddr;
@@ -238,6 +239,61 @@ pub fn data_openmoji(args: DataOpenMojiArgs) -> Result<()> {
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Arguments of `omnibind eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory (Hugging Face layout) or Hugging Face model id.
+    #[arg(long)]
+    pub model: String,
+    /// Dataset directory written by `omnibind data openmoji`.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Items to evaluate.
+    #[arg(long, value_enum, default_value = "heldout")]
+    pub split: crate::eval::SplitChoice,
+    /// Only the first N items of the split (manifest order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Compute device: auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Precision: auto (f32 on CPU, f16 on GPU), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
+}
+
+/// `omnibind eval`: prints the retrieval and classification tables as Markdown.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    use crate::eval::{evaluate, table, write_json, EvalOptions};
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut spec = ModelSpec::new(model_name(&args.model), args.model.clone());
+    spec.device = args.device;
+    spec.precision = args.precision;
+    spec.max_batch = args.batch_size;
+    let t0 = Instant::now();
+    let encoder = load_encoder(&spec).with_context(|| format!("loading model `{}`", args.model))?;
+    let mut opts = EvalOptions::new(&args.data);
+    opts.split = args.split;
+    opts.limit = args.limit;
+    opts.batch_size = args.batch_size;
+    opts.progress = true;
+    let report = evaluate(encoder.as_ref(), &opts)?;
+    print!("{}", table::markdown(&report));
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+    }
+    eprintln!("evaluated in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -928,6 +984,32 @@ mod tests {
         assert_eq!(defaults.args.image_size, 224);
         assert!(!defaults.args.no_audio && defaults.args.limit.is_none());
         assert!(Cmd::try_parse_from(["data", "--out", "o"]).is_err());
+    }
+
+    #[test]
+    fn eval_arguments() {
+        use crate::eval::SplitChoice;
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: EvalArgs,
+        }
+        let d = Cmd::try_parse_from(["eval", "--model", "m", "--data", "d"]).unwrap();
+        assert_eq!(d.args.split, SplitChoice::Heldout);
+        assert_eq!((d.args.limit, d.args.batch_size), (None, 32));
+        assert!(d.args.json.is_none());
+        let c = Cmd::try_parse_from([
+            "eval", "--model", "m", "--data", "d", "--split", "all", "--limit", "5", "--json",
+            "o.json",
+        ])
+        .unwrap();
+        assert_eq!((c.args.split, c.args.limit), (SplitChoice::All, Some(5)));
+        assert_eq!(c.args.json, Some(PathBuf::from("o.json")));
+        assert!(
+            Cmd::try_parse_from(["eval", "--model", "m", "--data", "d", "--split", "x"]).is_err()
+        );
+        assert!(Cmd::try_parse_from(["eval", "--model", "m"]).is_err());
     }
 }
 

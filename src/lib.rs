@@ -10,6 +10,8 @@
 //!   checkpoints) over [`embed`]; no HTTP.
 //! - [`api`] and [`app`]: the HTTP API over the engine, and the server that runs it.
 //! - [`data`]: preparation of training data (`omnibind data openmoji`); no HTTP, no models.
+//! - [`eval`]: cross-modal retrieval and zero-shot classification of a model over that data
+//!   (`omnibind eval`); no HTTP.
 //!
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
@@ -21,6 +23,7 @@ pub mod config;
 pub mod data;
 pub mod embed;
 pub mod engine;
+pub mod eval;
 pub mod index;
 pub mod ingest;
 pub mod store;

@@ -23,6 +23,8 @@ enum Command {
     ConvertImagebind(omnibind::cli::ConvertImageBindArgs),
     /// Train a small ImageBind-architecture model from a recipe (TOML).
     Train(omnibind::cli::TrainArgs),
+    /// Cross-modal retrieval and zero-shot classification over an OpenMoji dataset.
+    Eval(omnibind::cli::EvalArgs),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Search(args) => omnibind::cli::search(args),
         Command::ConvertImagebind(args) => omnibind::cli::convert_imagebind(args),
         Command::Train(args) => omnibind::cli::train(args),
+        Command::Eval(args) => omnibind::cli::eval(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
         Command::Data(DataCommand::Openmoji(args)) => omnibind::cli::data_openmoji(args),
         Command::Ingest(args) => {
