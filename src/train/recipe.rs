@@ -41,11 +41,13 @@
 //! batch_size = 8
 //! lr = 1e-3
 //! negatives = "mined"
+//! modality_epochs = { imu = 40 }  # in place of `epochs` for some modalities
 //! ```
 //!
 //! [`RunOptions`] override the data directory and cut every stage after a number of steps (to
 //! time a recipe), and log the mean loss every few steps.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -146,6 +148,9 @@ pub struct StageRecipe {
     #[serde(default)]
     pub modalities: Vec<String>,
     pub epochs: usize,
+    /// Stage 2 only: epochs of some modalities in place of `epochs` (e.g. `{ imu = 100 }`).
+    #[serde(default)]
+    pub modality_epochs: BTreeMap<String, usize>,
     pub batch_size: usize,
     pub lr: f64,
     #[serde(default)]
@@ -185,7 +190,7 @@ impl Recipe {
             other => bail!("data.kind must be \"openmoji\" or \"synthetic\", not `{other}`"),
         }
         if let Some(s) = &r.stage1 {
-            if !s.modalities.is_empty() {
+            if !s.modalities.is_empty() || !s.modality_epochs.is_empty() {
                 bail!("stage1 trains vision and text: it takes no `modalities`");
             }
         }
@@ -195,6 +200,11 @@ impl Recipe {
             }
             for m in &s.modalities {
                 bind_tower(m)?;
+            }
+            for (m, &e) in &s.modality_epochs {
+                if !s.modalities.contains(m) || e == 0 {
+                    bail!("stage2.modality_epochs: `{m}` is not a listed modality, or 0 epochs");
+                }
             }
         }
         for s in r.stage1.iter().chain(&r.stage2) {
@@ -317,6 +327,10 @@ pub fn run_with(
             Stage::Bind(t) => format!("stage2-{}", t.keys().name),
         };
         let dir = output.join(&name);
+        let epochs = match stage {
+            Stage::Bind(t) => *s.modality_epochs.get(t.keys().name).unwrap_or(&s.epochs),
+            Stage::ImageText => s.epochs,
+        };
         let stage_seed = recipe.seed ^ ((index as u64 + 1) << 40);
         let mut start_epoch = 0;
         let mut start_step = 0;
@@ -331,7 +345,7 @@ pub fn run_with(
             start_epoch = meta.epoch + 1;
             start_step = meta.step;
         }
-        if start_epoch >= s.epochs {
+        if start_epoch >= epochs {
             reports.push(StageReport {
                 name,
                 epochs_run: 0,
@@ -404,7 +418,7 @@ pub fn run_with(
                 peak: s.lr,
                 min: s.min_lr,
                 warmup_steps: s.warmup_steps,
-                total_steps: s.epochs * per_epoch,
+                total_steps: epochs * per_epoch,
             },
             weight_decay: s.weight_decay,
             max_grad_norm: s.max_grad_norm,
@@ -414,7 +428,7 @@ pub fn run_with(
         let (mut first, mut last, mut steps, mut epochs_run) = (None, None, 0, 0);
         let started = Instant::now();
         let mut cut = false;
-        for epoch in start_epoch..s.epochs {
+        for epoch in start_epoch..epochs {
             let sim;
             let negatives = match s.negatives {
                 NegativesRecipe::Random => Negatives::Random,
@@ -464,7 +478,7 @@ pub fn run_with(
                 "{name} epoch {}/{}: loss {mean:.4}, lr {lr:.2e}, step {}, {:.1} ms per step \
                  ({:.2} ms rebuilding the model){}",
                 epoch + 1,
-                s.epochs,
+                epochs,
                 trainer.step_index(),
                 1e3 * secs / count as f64,
                 1e3 * build / count as f64,
