@@ -583,11 +583,55 @@ warmup_steps = 5
             bytes: read(&item.imu[0]),
         },
     ];
-    for v in enc.embed_batch(&inputs).unwrap() {
-        let v = v.unwrap();
+    let served: Vec<Vec<f32>> = enc
+        .embed_batch(&inputs)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.unwrap())
+        .collect();
+    for v in &served {
         assert_eq!(v.len(), 16);
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // Training fed the towers what the server feeds them: the trainer's (unaugmented) image
+    // and depth embeddings of the item, from the same checkpoint, are the served vectors.
+    let config = openmoji_config();
+    let towers = [
+        Tower::Vision,
+        Tower::Text,
+        Tower::Depth,
+        Tower::Thermal,
+        Tower::Imu,
+    ];
+    let mut params = Trainable::init(&config, &towers, 0, &Device::Cpu).unwrap();
+    checkpoint::load(&ckpt, &mut params).unwrap();
+    let ds = super::openmoji::OpenMoji::open(&data, &config).unwrap();
+    let k = ds
+        .items()
+        .iter()
+        .position(|i| i.hexcode == item.hexcode)
+        .unwrap();
+    let (depth_in, shape) = ds.bind_inputs(Tower::Depth, &[k], &mut |_| {}).unwrap();
+    let mut dims = vec![1];
+    dims.extend(shape);
+    let batch = Batch {
+        images: ds.served_images(&[k], &Device::Cpu).unwrap(),
+        paired: Paired::Other(
+            Tensor::from_vec(depth_in[0][0].clone(), dims, &Device::Cpu).unwrap(),
+        ),
+    };
+    let tr = Trainer::new(params, Stage::Bind(Tower::Depth), TrainOptions::default()).unwrap();
+    let (img, dep) = tr.embed(&tr.build().unwrap(), &batch).unwrap();
+    for (ours, theirs) in [(img, &served[1]), (dep, &served[2])] {
+        let ours = crate::embed::imagebind::model::normalize_rows(&ours).unwrap();
+        let ours: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+        let d = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "train and serve differ by {d}");
     }
     eprintln!(
         "openmoji recipe test: {:.1} s",
