@@ -1019,6 +1019,15 @@ pub struct TrainArgs {
     /// Training recipe (TOML; see the `train::recipe` module documentation).
     #[arg(long)]
     pub recipe: PathBuf,
+    /// Dataset directory (`omnibind data openmoji --out`) in place of the recipe's `data.path`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Stop every stage after this many steps (to time a recipe).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Also log the mean loss of every N steps.
+    #[arg(long, default_value_t = 0)]
+    pub log_every: usize,
 }
 
 /// Carries out a training recipe (resuming from its checkpoints) and prints one JSON line per
@@ -1032,7 +1041,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let reports = crate::train::recipe::run(&recipe, &text, base, |line| eprintln!("{line}"))?;
+    let options = crate::train::RunOptions {
+        data: args.data.clone(),
+        max_steps: args.max_steps,
+        log_every: args.log_every,
+    };
+    let reports =
+        crate::train::recipe::run_with(&recipe, &text, base, &options, |line| eprintln!("{line}"))?;
     for r in reports {
         println!(
             "{}",

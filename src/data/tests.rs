@@ -89,6 +89,7 @@ fn builds_the_dataset_and_reads_it_back() {
         assert_eq!((map.height, map.width), (64, 64));
         let thermal = crate::embed::preprocess::thermal::preprocess(
             &fs::read(out.join(&item.thermal)).unwrap(),
+            64,
         );
         assert!(thermal.is_ok(), "{:?}", thermal.err());
         for p in &item.imu {

@@ -1,7 +1,8 @@
 //! Training checkpoints: a directory with the weights (`model.safetensors`, every Var of the
 //! VarMap under the official key names plus the loss temperatures), the model's `config.json`
 //! (so the directory also loads as an inference model) and `trainer.json` (step, epoch, seed,
-//! recipe hash).
+//! recipe hash). The recipe runner adds the CLIP `tokenizer.json` when its data has text, so
+//! that the text tower serves too.
 //!
 //! The AdamW moments are not saved: candle's `AdamW` keeps them in private fields and has no
 //! public way to read or restore them. Resuming restores the weights, temperatures and step

@@ -1,17 +1,19 @@
 //! Training of small ImageBind-architecture models: the trainable parameter set and its
 //! initialisation ([`params`]), contrastive losses ([`loss`]), batch composition and negative
 //! sampling ([`sampler`]), the learning-rate schedule ([`schedule`]), the optimisation step with
-//! freezing and gradient clipping ([`trainer`]), checkpoints ([`checkpoint`]) and TOML
-//! recipes with the runner that carries them out ([`recipe`]).
+//! freezing and gradient clipping ([`trainer`]), checkpoints ([`checkpoint`]), TOML recipes with
+//! the runner that carries them out ([`recipe`]) and the OpenMoji data source ([`openmoji`]).
 //!
 //! Two stages, as in the ImageBind paper: stage 1 trains the vision and text towers with a
 //! CLIP-style symmetric InfoNCE loss; stage 2 freezes them and trains each other modality's tower
 //! against the image embeddings of paired data, with a temperature per modality.
 //!
-//! This layer sits beside the HTTP layers, not under them: it uses [`crate::embed`] only.
+//! This layer sits beside the HTTP layers, not under them: it uses [`crate::embed`] and the
+//! dataset manifest of [`crate::data`] only.
 
 pub mod checkpoint;
 pub mod loss;
+pub mod openmoji;
 pub mod params;
 pub mod recipe;
 pub mod sampler;
@@ -20,7 +22,7 @@ pub mod trainer;
 
 pub use checkpoint::CheckpointMeta;
 pub use params::Trainable;
-pub use recipe::{Recipe, StageReport};
+pub use recipe::{Recipe, RunOptions, StageReport};
 pub use sampler::{BatchSampler, Negatives};
 pub use schedule::LrSchedule;
 pub use trainer::{Batch, Paired, Stage, StepStats, TrainOptions, Trainer};

@@ -1,7 +1,17 @@
 //! Training recipes (TOML) and the runner that carries one out: stage 1 (image-text), then stage
 //! 2 for each listed modality in turn, with a checkpoint per stage after every epoch and resume
-//! from it. The only data source so far is `synthetic` (seeded random inputs of the model's
-//! geometry, paired by index): it exercises the whole loop end to end.
+//! from it.
+//!
+//! Two data sources:
+//! - `openmoji`: the `train` split of a dataset directory made by `omnibind data openmoji`
+//!   (`path`, relative to the recipe or absolute; `omnibind train --data DIR` overrides it).
+//!   Stage 1 pairs images (augmented unless `augment = false`) with captions drawn per epoch;
+//!   stage 2 pairs images with audio clips, depth maps, thermal images or IMU traces; labels
+//!   are the emoji subgroups. Text is tokenised with `tokenizer` (relative to the recipe;
+//!   default: `tokenizer.json` beside the model's `config.json`), which is copied into every
+//!   checkpoint so that it loads as an inference model. See [`super::openmoji`].
+//! - `synthetic`: seeded random inputs of the model's geometry, paired by index (`pairs`,
+//!   `groups`): it exercises the whole loop end to end.
 //!
 //! ```toml
 //! seed = 0
@@ -10,9 +20,12 @@
 //! device = "cpu"              # cpu, auto or cuda:N
 //!
 //! [data]
-//! kind = "synthetic"
-//! pairs = 64
-//! groups = 4                  # labels for `negatives = "grouped"`: item i has label i % groups
+//! kind = "openmoji"
+//! path = "../data/openmoji"   # relative to the recipe file, or absolute
+//! # tokenizer = "tokenizer.json"
+//! # augment = true            # stage-1 random crop and colour jitter
+//! # annotation_captions = 0.75 # share of caption draws from the annotation's captions
+//! # kind = "synthetic"        # instead: pairs = 64, groups = 4 (item i has label i % groups)
 //!
 //! [stage1]
 //! epochs = 10
@@ -28,8 +41,13 @@
 //! batch_size = 8
 //! lr = 1e-3
 //! negatives = "mined"
+//! modality_epochs = { imu = 40 }  # in place of `epochs` for some modalities
 //! ```
+//!
+//! [`RunOptions`] override the data directory and cut every stage after a number of steps (to
+//! time a recipe), and log the mean loss every few steps.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,12 +58,14 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use super::checkpoint::{self, recipe_hash, CheckpointMeta, META_FILE};
+use super::openmoji::{Augment, BindPairs, FixedPairs, OpenMoji, PairSource};
 use super::params::Trainable;
 use super::sampler::{BatchSampler, Negatives};
 use super::schedule::LrSchedule;
 use super::trainer::{Batch, Paired, Stage, TrainOptions, Trainer};
 use crate::embed::imagebind::model::Tower;
 use crate::embed::imagebind::ImageBindConfig;
+use crate::embed::preprocess::text::TextTokenizer;
 use crate::embed::{select_device, DeviceSpec};
 
 /// A training recipe.
@@ -74,16 +94,40 @@ fn default_device() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataRecipe {
-    /// Only `synthetic` so far.
+    /// `openmoji` or `synthetic`.
     pub kind: String,
+    /// openmoji: the dataset directory, relative to the recipe file or absolute.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// openmoji: the CLIP `tokenizer.json`, relative to the recipe file (default:
+    /// `tokenizer.json` beside the model's `config.json`).
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// openmoji: stage-1 image augmentation ([`super::openmoji::Augment`]).
+    #[serde(default = "yes")]
+    pub augment: bool,
+    /// openmoji: share of stage-1 caption draws taken from the captions that contain the
+    /// annotation (the rest draw from all captions, tag captions included).
+    #[serde(default = "default_annotation_captions")]
+    pub annotation_captions: f64,
+    /// synthetic: number of pairs.
+    #[serde(default)]
     pub pairs: usize,
-    /// Number of labels of the synthetic items (item `i` has label `i % groups`).
+    /// synthetic: number of labels (item `i` has label `i % groups`).
     #[serde(default = "one")]
     pub groups: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_annotation_captions() -> f64 {
+    0.75
 }
 
 /// Negative sampling of a stage.
@@ -104,6 +148,9 @@ pub struct StageRecipe {
     #[serde(default)]
     pub modalities: Vec<String>,
     pub epochs: usize,
+    /// Stage 2 only: epochs of some modalities in place of `epochs` (e.g. `{ imu = 100 }`).
+    #[serde(default)]
+    pub modality_epochs: BTreeMap<String, usize>,
     pub batch_size: usize,
     pub lr: f64,
     #[serde(default)]
@@ -133,14 +180,17 @@ impl Recipe {
         let r: Recipe = figment::Figment::from(Toml::string(text))
             .extract()
             .context("reading the recipe")?;
-        if r.data.kind != "synthetic" {
-            bail!("data.kind must be \"synthetic\" (the only data source so far)");
-        }
-        if r.data.pairs < 2 || r.data.groups == 0 {
-            bail!("data needs at least two pairs and one group");
+        match r.data.kind.as_str() {
+            "synthetic" => {
+                if r.data.pairs < 2 || r.data.groups == 0 {
+                    bail!("synthetic data needs at least two pairs and one group");
+                }
+            }
+            "openmoji" => {}
+            other => bail!("data.kind must be \"openmoji\" or \"synthetic\", not `{other}`"),
         }
         if let Some(s) = &r.stage1 {
-            if !s.modalities.is_empty() {
+            if !s.modalities.is_empty() || !s.modality_epochs.is_empty() {
                 bail!("stage1 trains vision and text: it takes no `modalities`");
             }
         }
@@ -150,6 +200,11 @@ impl Recipe {
             }
             for m in &s.modalities {
                 bind_tower(m)?;
+            }
+            for (m, &e) in &s.modality_epochs {
+                if !s.modalities.contains(m) || e == 0 {
+                    bail!("stage2.modality_epochs: `{m}` is not a listed modality, or 0 epochs");
+                }
             }
         }
         for s in r.stage1.iter().chain(&r.stage2) {
@@ -185,12 +240,35 @@ pub struct StageReport {
     pub steps_per_sec: f64,
 }
 
+/// Options of a run beside its recipe.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The openmoji dataset directory in place of the recipe's `data.path`.
+    pub data: Option<PathBuf>,
+    /// Stop every stage after this many steps (for timing a recipe). The checkpoint written
+    /// then is marked with the epoch that was cut.
+    pub max_steps: Option<usize>,
+    /// Log the mean loss of every `log_every` steps (0: once per epoch only).
+    pub log_every: usize,
+}
+
 /// Runs `recipe` (whose text is `text`; relative paths start at `base`), resuming from the
 /// checkpoints of the same recipe in its output directory. `log` receives one line per epoch.
 pub fn run(
     recipe: &Recipe,
     text: &str,
     base: &Path,
+    log: impl FnMut(&str),
+) -> anyhow::Result<Vec<StageReport>> {
+    run_with(recipe, text, base, &RunOptions::default(), log)
+}
+
+/// [`run`] with [`RunOptions`].
+pub fn run_with(
+    recipe: &Recipe,
+    text: &str,
+    base: &Path,
+    options: &RunOptions,
     mut log: impl FnMut(&str),
 ) -> anyhow::Result<Vec<StageReport>> {
     let model_path = base.join(&recipe.model);
@@ -213,10 +291,34 @@ pub fn run(
             stages.push((Stage::Bind(bind_tower(m)?), s));
         }
     }
+    let openmoji = if recipe.data.kind == "openmoji" {
+        let dir = match (&options.data, &recipe.data.path) {
+            (Some(d), _) => d.clone(),
+            (None, Some(p)) => base.join(p),
+            (None, None) => bail!("openmoji data needs `path` (or --data)"),
+        };
+        let data = OpenMoji::open(&dir, &config)?;
+        log(&format!(
+            "openmoji: {} train items in {}",
+            data.len(),
+            dir.display()
+        ));
+        Some(data)
+    } else {
+        None
+    };
+    let tokenizer_path = match &recipe.data.tokenizer {
+        Some(t) => Some(base.join(t)),
+        None => Some(model_path.with_file_name("tokenizer.json")).filter(|p| p.is_file()),
+    };
     let mut towers = vec![Tower::Vision, Tower::Text];
     towers.extend(stages.iter().flat_map(|(st, _)| st.trained()));
     let mut params = Trainable::init(&config, &towers, recipe.seed, &device)?;
-    let hash = recipe_hash(text);
+    let mut hash_input = text.to_string();
+    if let Some(d) = &options.data {
+        hash_input.push_str(&format!("\n# data: {}", d.display()));
+    }
+    let hash = recipe_hash(&hash_input);
     let output = base.join(&recipe.output);
     let mut reports = Vec::new();
     for (index, (stage, s)) in stages.into_iter().enumerate() {
@@ -225,22 +327,11 @@ pub fn run(
             Stage::Bind(t) => format!("stage2-{}", t.keys().name),
         };
         let dir = output.join(&name);
-        let stage_seed = recipe.seed ^ ((index as u64 + 1) << 40);
-        let pool = synthetic_pool(&config, stage, recipe.data.pairs, stage_seed, &device)?;
-        let n = recipe.data.pairs;
-        let labels: Vec<u64> = (0..n).map(|i| (i % recipe.data.groups) as u64).collect();
-        let per_epoch = n.div_ceil(s.batch_size);
-        let opts = TrainOptions {
-            schedule: LrSchedule {
-                peak: s.lr,
-                min: s.min_lr,
-                warmup_steps: s.warmup_steps,
-                total_steps: s.epochs * per_epoch,
-            },
-            weight_decay: s.weight_decay,
-            max_grad_norm: s.max_grad_norm,
-            ..Default::default()
+        let epochs = match stage {
+            Stage::Bind(t) => *s.modality_epochs.get(t.keys().name).unwrap_or(&s.epochs),
+            Stage::ImageText => s.epochs,
         };
+        let stage_seed = recipe.seed ^ ((index as u64 + 1) << 40);
         let mut start_epoch = 0;
         let mut start_step = 0;
         if dir.join(META_FILE).exists() {
@@ -254,43 +345,144 @@ pub fn run(
             start_epoch = meta.epoch + 1;
             start_step = meta.step;
         }
-        let mut trainer = Trainer::new(params, stage, opts)?;
+        if start_epoch >= epochs {
+            reports.push(StageReport {
+                name,
+                epochs_run: 0,
+                steps_run: 0,
+                first_loss: None,
+                last_loss: None,
+                steps_per_sec: 0.0,
+            });
+            continue;
+        }
+        // The trainer is made before the pairs: stage 2 embeds its images with the frozen
+        // tower once. The schedule needs the number of pairs, so it is set afterwards.
+        let mut trainer = Trainer::new(params, stage, TrainOptions::default())?;
+        let loading = Instant::now();
+        let source: Box<dyn PairSource> = match &openmoji {
+            None => {
+                let n = recipe.data.pairs;
+                Box::new(FixedPairs {
+                    pool: synthetic_pool(&config, stage, n, stage_seed, &device)?,
+                    labels: (0..n).map(|i| (i % recipe.data.groups) as u64).collect(),
+                })
+            }
+            Some(data) => match stage {
+                Stage::ImageText => {
+                    let path = tokenizer_path.as_ref().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "stage 1 needs the CLIP tokenizer: set data.tokenizer or put \
+                             tokenizer.json beside the model's config.json"
+                        )
+                    })?;
+                    let tok = TextTokenizer::from_file(path, config.inputs.context_length)?;
+                    let augment = recipe.data.augment.then(Augment::default);
+                    Box::new(data.image_text(
+                        &tok,
+                        augment,
+                        recipe.data.annotation_captions,
+                        stage_seed,
+                        &device,
+                        &mut log,
+                    )?)
+                }
+                Stage::Bind(t) => {
+                    let items = data.bind_items(t);
+                    if items.len() < 2 {
+                        bail!("fewer than two train items have {} inputs", t.keys().name);
+                    }
+                    let (inputs, shape) = data.bind_inputs(t, &items, &mut log)?;
+                    let images = data.served_images(&items, &device)?;
+                    let image_heads = trainer.image_heads(&images, 64)?;
+                    Box::new(BindPairs {
+                        image_heads,
+                        inputs,
+                        shape,
+                        labels: items.iter().map(|&k| data.labels()[k]).collect(),
+                        seed: stage_seed,
+                    })
+                }
+            },
+        };
+        if openmoji.is_some() {
+            log(&format!(
+                "{name}: data ready in {:.1} s",
+                loading.elapsed().as_secs_f64()
+            ));
+        }
+        let n = source.len();
+        let per_epoch = n.div_ceil(s.batch_size);
+        trainer.set_options(TrainOptions {
+            schedule: LrSchedule {
+                peak: s.lr,
+                min: s.min_lr,
+                warmup_steps: s.warmup_steps,
+                total_steps: epochs * per_epoch,
+            },
+            weight_decay: s.weight_decay,
+            max_grad_norm: s.max_grad_norm,
+            ..Default::default()
+        })?;
         trainer.set_step_index(start_step);
-        let (mut first, mut last, mut steps) = (None, None, 0);
+        let (mut first, mut last, mut steps, mut epochs_run) = (None, None, 0, 0);
         let started = Instant::now();
-        for epoch in start_epoch..s.epochs {
+        let mut cut = false;
+        for epoch in start_epoch..epochs {
             let sim;
             let negatives = match s.negatives {
                 NegativesRecipe::Random => Negatives::Random,
-                NegativesRecipe::Grouped => Negatives::Grouped(&labels),
+                NegativesRecipe::Grouped => Negatives::Grouped(source.labels()),
                 NegativesRecipe::Mined => {
-                    sim = trainer.pool_similarity(&pool, 64)?;
+                    let all: Vec<usize> = (0..n).collect();
+                    sim = trainer.pool_similarity(&source.batch(&all, epoch)?, 64)?;
                     Negatives::Mined(&sim)
                 }
             };
             let mut sampler = BatchSampler::new(s.batch_size, stage_seed ^ epoch as u64);
             let (mut sum, mut count, mut lr, mut build, mut secs) =
                 (0f64, 0usize, 0f64, 0f64, 0f64);
+            let (mut window, mut window_n) = (0f64, 0usize);
             for batch in sampler.epoch(n, negatives) {
-                let st = trainer.step(&pool.select(&batch)?)?;
+                if options.max_steps.is_some_and(|m| steps + count >= m) {
+                    cut = true;
+                    break;
+                }
+                let st = trainer.step(&source.batch(&batch, epoch)?)?;
                 sum += st.loss as f64;
                 count += 1;
                 lr = st.lr;
                 build += st.build_secs;
                 secs += st.step_secs;
+                window += st.loss as f64;
+                window_n += 1;
+                if options.log_every > 0 && window_n == options.log_every {
+                    log(&format!(
+                        "{name} step {}: loss {:.4} (mean of {window_n}), {:.0} ms per step",
+                        st.step + 1,
+                        window / window_n as f64,
+                        1e3 * secs / count as f64,
+                    ));
+                    (window, window_n) = (0.0, 0);
+                }
             }
             steps += count;
-            let mean = (sum / count.max(1) as f64) as f32;
+            if count == 0 {
+                break;
+            }
+            epochs_run += 1;
+            let mean = (sum / count as f64) as f32;
             first.get_or_insert(mean);
             last = Some(mean);
             log(&format!(
                 "{name} epoch {}/{}: loss {mean:.4}, lr {lr:.2e}, step {}, {:.1} ms per step \
-                 ({:.2} ms rebuilding the model)",
+                 ({:.2} ms rebuilding the model){}",
                 epoch + 1,
-                s.epochs,
+                epochs,
                 trainer.step_index(),
-                1e3 * secs / count.max(1) as f64,
-                1e3 * build / count.max(1) as f64,
+                1e3 * secs / count as f64,
+                1e3 * build / count as f64,
+                if cut { " (cut by the step limit)" } else { "" },
             ));
             let meta = CheckpointMeta {
                 step: trainer.step_index(),
@@ -299,10 +491,20 @@ pub fn run(
                 recipe_hash: hash.clone(),
             };
             checkpoint::save(&dir, trainer.params(), &meta)?;
+            if let Some(tok) = &tokenizer_path {
+                let dest = dir.join("tokenizer.json");
+                if !dest.exists() {
+                    std::fs::copy(tok, &dest)
+                        .with_context(|| format!("copying {}", tok.display()))?;
+                }
+            }
+            if cut {
+                break;
+            }
         }
         reports.push(StageReport {
             name,
-            epochs_run: s.epochs.saturating_sub(start_epoch),
+            epochs_run,
             steps_run: steps,
             first_loss: first,
             last_loss: last,

@@ -400,6 +400,16 @@ fn a_recipe_trains_both_stages_end_to_end_and_resumes() {
         files.sort();
         assert_eq!(files, ["config.json", "model.safetensors", "trainer.json"]);
     }
+    // A step limit cuts every stage (2 steps per epoch: the second epoch is cut after one).
+    let cut_dir = tempfile::tempdir().unwrap();
+    std::fs::write(cut_dir.path().join("config.json"), tiny_config().to_json()).unwrap();
+    let options = super::recipe::RunOptions {
+        max_steps: Some(3),
+        ..Default::default()
+    };
+    let cut =
+        super::recipe::run_with(&recipe, TINY_RECIPE, cut_dir.path(), &options, |_| {}).unwrap();
+    assert!(cut.iter().all(|r| (r.epochs_run, r.steps_run) == (2, 3)));
     // Run again: every stage is complete in its checkpoint, nothing is trained.
     let again = run(&recipe, TINY_RECIPE, dir.path(), |_| {}).unwrap();
     assert!(again.iter().all(|r| r.steps_run == 0));
@@ -412,6 +422,7 @@ fn a_recipe_trains_both_stages_end_to_end_and_resumes() {
         TINY_RECIPE.replace("[\"imu\", \"depth\"]", "[\"text\"]"),
         TINY_RECIPE.replace("negatives = \"mined\"", "negatives = \"easy\""),
         TINY_RECIPE.replace("seed = 3", "seed = 3\ntypo = 1"),
+        TINY_RECIPE.replace("negatives = \"mined\"", "modality_epochs = { audio = 2 }"),
     ] {
         assert!(Recipe::from_toml(&bad).is_err(), "{bad}");
     }
@@ -437,4 +448,219 @@ fn the_official_audio_geometry_trains() {
     };
     let s = tr.step(&batch).unwrap();
     assert!(s.loss.is_finite() && s.grad_norm > 0.0);
+}
+
+/// The tiny model of the OpenMoji test: the CLIP vocabulary (real tokenizer), the IMU geometry
+/// of the dataset ([6, 2000] traces) and no audio tower (the fixture is built without audio).
+fn openmoji_config() -> ImageBindConfig {
+    ImageBindConfig::from_json(
+        r#"{"model_type": "imagebind", "out_embed_dim": 16,
+            "vision": {"embed_dim": 16, "num_blocks": 1, "num_heads": 2},
+            "text": {"embed_dim": 16, "num_blocks": 1, "num_heads": 2},
+            "depth": {"embed_dim": 8, "num_blocks": 1, "num_heads": 2},
+            "thermal": {"embed_dim": 8, "num_blocks": 1, "num_heads": 2},
+            "imu": {"embed_dim": 8, "num_blocks": 1, "num_heads": 2},
+            "inputs": {"image_size": 16, "vision_kernel": [2, 8, 8], "context_length": 16,
+                       "depth_kernel": 8, "thermal_kernel": 8, "imu_kernel": 100}}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_recipe_trains_on_an_openmoji_dataset_and_its_checkpoints_serve() {
+    use super::recipe::{run_with, Recipe, RunOptions};
+    let started = Instant::now();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("openmoji");
+    let mut opts = crate::data::OpenMojiOptions::new(
+        root.join("tests/fixtures/openmoji-mini/openmoji-mini-1.0.0.tgz"),
+        &data,
+    );
+    opts.audio = false;
+    opts.image_size = 32;
+    crate::data::openmoji(&opts).unwrap();
+    std::fs::write(dir.path().join("config.json"), openmoji_config().to_json()).unwrap();
+    let recipe_text = format!(
+        r#"
+seed = 5
+model = "config.json"
+output = "run"
+
+[data]
+kind = "openmoji"
+path = "elsewhere"
+annotation_captions = 1.0
+tokenizer = "{}"
+
+[stage1]
+epochs = 80
+batch_size = 6
+lr = 2e-3
+warmup_steps = 2
+negatives = "grouped"
+
+[stage2]
+modalities = ["depth", "thermal", "imu"]
+epochs = 60
+modality_epochs = {{ imu = 70 }}
+batch_size = 6
+lr = 1e-3
+warmup_steps = 5
+"#,
+        root.join("tests/fixtures/clip/tokenizer/tokenizer.json")
+            .display()
+    );
+    let recipe = Recipe::from_toml(&recipe_text).unwrap();
+    // The recipe's path does not exist: --data stands in for it.
+    assert!(run_with(
+        &recipe,
+        &recipe_text,
+        dir.path(),
+        &RunOptions::default(),
+        |_| {}
+    )
+    .is_err());
+    let options = RunOptions {
+        data: Some(data.clone()),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let reports = run_with(&recipe, &recipe_text, dir.path(), &options, |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["stage1", "stage2-depth", "stage2-thermal", "stage2-imu"]
+    );
+    for r in &reports {
+        let (first, last) = (r.first_loss.unwrap(), r.last_loss.unwrap());
+        eprintln!("{}: {first:.4} -> {last:.4}", r.name);
+        let epochs = match r.name.as_str() {
+            "stage1" => 80,
+            "stage2-imu" => 70,
+            _ => 60,
+        };
+        assert_eq!(r.epochs_run, epochs);
+        // Stage 2 of so few pairs is noisy (two of the four IMU emoji are the same runner):
+        // it has to fall, stage 1 by a fifth at least.
+        let factor = if r.name == "stage1" { 0.8 } else { 1.0 };
+        assert!(last < factor * first, "{}: {first} -> {last}", r.name);
+    }
+    // Six train items (the seventh is held out); four of them are motion emoji with IMU.
+    assert!(lines[0].contains("6 train items"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("stage 2 (imu): 4 pairs")),
+        "{lines:?}"
+    );
+
+    // The last checkpoint holds every tower and the tokenizer: it serves.
+    let ckpt = dir.path().join("run/stage2-imu");
+    let mut spec = crate::embed::ModelSpec::new("tiny", ckpt.display().to_string());
+    spec.device = crate::embed::DeviceSpec::Cpu;
+    let enc = crate::embed::load_encoder(&spec).unwrap();
+    let items = crate::data::read_manifest(&data.join("manifest.jsonl")).unwrap();
+    let item = items.iter().find(|i| !i.imu.is_empty()).unwrap();
+    let read = |p: &str| std::fs::read(data.join(p)).unwrap();
+    let inputs = vec![
+        crate::embed::Input::Text(item.captions[0].clone()),
+        crate::embed::Input::Bytes {
+            modality: crate::embed::Modality::Image,
+            bytes: read(&item.image),
+        },
+        crate::embed::Input::Bytes {
+            modality: crate::embed::Modality::Depth,
+            bytes: read(&item.depth),
+        },
+        crate::embed::Input::Bytes {
+            modality: crate::embed::Modality::Thermal,
+            bytes: read(&item.thermal),
+        },
+        crate::embed::Input::Bytes {
+            modality: crate::embed::Modality::Imu,
+            bytes: read(&item.imu[0]),
+        },
+    ];
+    let served: Vec<Vec<f32>> = enc
+        .embed_batch(&inputs)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.unwrap())
+        .collect();
+    for v in &served {
+        assert_eq!(v.len(), 16);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // Training fed the towers what the server feeds them: the trainer's (unaugmented) image
+    // and depth embeddings of the item, from the same checkpoint, are the served vectors.
+    let config = openmoji_config();
+    let towers = [
+        Tower::Vision,
+        Tower::Text,
+        Tower::Depth,
+        Tower::Thermal,
+        Tower::Imu,
+    ];
+    let mut params = Trainable::init(&config, &towers, 0, &Device::Cpu).unwrap();
+    checkpoint::load(&ckpt, &mut params).unwrap();
+    let ds = super::openmoji::OpenMoji::open(&data, &config).unwrap();
+    let k = ds
+        .items()
+        .iter()
+        .position(|i| i.hexcode == item.hexcode)
+        .unwrap();
+    let (depth_in, shape) = ds.bind_inputs(Tower::Depth, &[k], &mut |_| {}).unwrap();
+    let mut dims = vec![1];
+    dims.extend(shape);
+    let batch = Batch {
+        images: ds.served_images(&[k], &Device::Cpu).unwrap(),
+        paired: Paired::Other(
+            Tensor::from_vec(depth_in[0][0].clone(), dims, &Device::Cpu).unwrap(),
+        ),
+    };
+    let tr = Trainer::new(params, Stage::Bind(Tower::Depth), TrainOptions::default()).unwrap();
+    let (img, dep) = tr.embed(&tr.build().unwrap(), &batch).unwrap();
+    for (ours, theirs) in [(img, &served[1]), (dep, &served[2])] {
+        let ours = crate::embed::imagebind::model::normalize_rows(&ours).unwrap();
+        let ours: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+        let d = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "train and serve differ by {d}");
+    }
+    eprintln!(
+        "openmoji recipe test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn the_default_model_recipe_and_config_are_valid() {
+    use super::recipe::Recipe;
+    let recipe = Recipe::from_toml(include_str!("../../models/default/recipe.toml")).unwrap();
+    assert_eq!(recipe.data.kind, "openmoji");
+    let s2 = recipe.stage2.as_ref().unwrap();
+    assert_eq!(s2.modalities, ["audio", "depth", "thermal", "imu"]);
+    let config =
+        ImageBindConfig::from_json(include_str!("../../models/default/config.json")).unwrap();
+    // Six towers (images and videos share the vision tower).
+    assert_eq!(config.modalities().len(), 7);
+    // The dataset's IMU traces are [6, 2000].
+    assert_eq!(
+        (config.inputs.imu_channels, config.inputs.imu_len),
+        (6, 2000)
+    );
+    // All six towers in at most 30 MB of f32 weights.
+    let params = Trainable::init(&config, &Tower::ALL, 0, &Device::Cpu).unwrap();
+    let n: usize = params
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    assert!(n * 4 <= 30_000_000, "{n} parameters");
 }

@@ -88,7 +88,8 @@ pub enum Paired {
     Other(Tensor),
 }
 
-/// `b` pairs: row `i` of `images` (`[b, 3, h, w]`) goes with row `i` of `paired`.
+/// `b` pairs: row `i` of `images` (`[b, 3, h, w]`, or in stage 2 the frozen image tower's
+/// head outputs `[b, out_dim]`) goes with row `i` of `paired`.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Tensor,
@@ -212,6 +213,27 @@ impl Trainer {
         })
     }
 
+    /// Replaces the optimiser settings (the learning rate and weight decay take effect at the
+    /// next step; the AdamW moments are kept).
+    pub fn set_options(&mut self, opts: TrainOptions) -> Result<()> {
+        self.decay.set_params(ParamsAdamW {
+            lr: opts.schedule.lr(self.step),
+            beta1: opts.beta1,
+            beta2: opts.beta2,
+            eps: opts.eps,
+            weight_decay: opts.weight_decay,
+        });
+        self.no_decay.set_params(ParamsAdamW {
+            lr: opts.schedule.lr(self.step),
+            beta1: opts.beta1,
+            beta2: opts.beta2,
+            eps: opts.eps,
+            weight_decay: 0.0,
+        });
+        self.opts = opts;
+        Ok(())
+    }
+
     pub fn params(&self) -> &Trainable {
         &self.params
     }
@@ -250,11 +272,17 @@ impl Trainer {
     }
 
     /// Both sides' head outputs `[b, out_dim]`; the frozen image side is detached in stage 2.
+    /// Rank-2 `images` are taken as the image tower's head outputs already (see
+    /// [`Self::image_heads`]).
     pub fn embed(&self, model: &ImageBindModel, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let vision = model
-            .tower(Tower::Vision)
-            .ok_or_else(|| candle_core::Error::Msg("no vision tower".into()))?;
-        let mut images = vision.head(&batch.images)?;
+        let mut images = if batch.images.rank() == 2 {
+            batch.images.clone()
+        } else {
+            model
+                .tower(Tower::Vision)
+                .ok_or_else(|| candle_core::Error::Msg("no vision tower".into()))?
+                .head(&batch.images)?
+        };
         let other = match (self.stage, &batch.paired) {
             (Stage::ImageText, Paired::Text { ids, eos }) => model
                 .tower(Tower::Text)
@@ -293,6 +321,23 @@ impl Trainer {
             b.push(y.detach());
         }
         similarity_matrix(&Tensor::cat(&a, 0)?, &Tensor::cat(&b, 0)?)
+    }
+
+    /// The image tower's head outputs `[n, out_dim]` of `[n, 3, h, w]` images, in chunks of
+    /// `chunk` rows, detached. In stage 2 the image tower is frozen, so these can be computed
+    /// once and stand in for the images of every batch ([`Batch::images`] of rank 2).
+    pub fn image_heads(&self, images: &Tensor, chunk: usize) -> Result<Tensor> {
+        let model = self.params.build(&[Tower::Vision])?;
+        let vision = model
+            .tower(Tower::Vision)
+            .ok_or_else(|| candle_core::Error::Msg("no vision tower".into()))?;
+        let n = images.dim(0)?;
+        let mut out = Vec::new();
+        for start in (0..n).step_by(chunk.max(1)) {
+            let len = chunk.max(1).min(n - start);
+            out.push(vision.head(&images.narrow(0, start, len)?)?.detach());
+        }
+        Tensor::cat(&out, 0)
     }
 
     /// Loss and gradients of a batch, without updating anything.

@@ -654,8 +654,8 @@ mod encoder {
             for (name, want) in names.iter().zip(&want) {
                 let b = std::fs::read(dir().join(modality).join(name)).unwrap();
                 let ours = match modality {
-                    "depth" => depth::preprocess(&b, &cfg),
-                    "thermal" => thermal::preprocess(&b),
+                    "depth" => depth::preprocess(&b, &cfg, depth::SIZE),
+                    "thermal" => thermal::preprocess(&b, depth::SIZE),
                     _ => imu::preprocess(&b),
                 }
                 .unwrap();

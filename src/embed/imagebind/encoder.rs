@@ -69,6 +69,27 @@ pub fn imagebind_weights(dir: &Path) -> Result<PathBuf, EmbedError> {
     }
 }
 
+/// The image preprocessing of an ImageBind model (also what training feeds it): the official
+/// `load_and_transform_vision_data`, PIL `convert("RGB")` (alpha dropped), torchvision Resize
+/// (Pillow bicubic) and CenterCrop (offsets rounded) to `inputs.image_size`.
+pub fn image_preprocess_config(config: &ImageBindConfig) -> ImagePreprocessConfig {
+    ImagePreprocessConfig {
+        alpha: Alpha::Drop,
+        crop_offset: CropOffset::RoundHalfEven,
+        ..ImagePreprocessConfig::clip(config.inputs.image_size as u32)
+    }
+}
+
+/// The audio preprocessing of an ImageBind model: the official clips with the model's
+/// filterbank geometry.
+pub fn audio_preprocess_config(config: &ImageBindConfig) -> AudioPreprocessConfig {
+    AudioPreprocessConfig {
+        num_mel_bins: config.inputs.audio_num_mel_bins,
+        target_len: config.inputs.audio_target_len,
+        ..AudioPreprocessConfig::default()
+    }
+}
+
 impl ImageBindEncoder {
     /// Loads an ImageBind directory, only the towers of `spec.modalities` (all by default).
     pub fn load(
@@ -125,11 +146,7 @@ impl ImageBindEncoder {
         } else {
             None
         };
-        let audio_cfg = AudioPreprocessConfig {
-            num_mel_bins: config.inputs.audio_num_mel_bins,
-            target_len: config.inputs.audio_target_len,
-            ..AudioPreprocessConfig::default()
-        };
+        let audio_cfg = audio_preprocess_config(&config);
         let mut modalities: Vec<Modality> = Modality::ALL
             .into_iter()
             .filter(|m| wanted.contains(m))
@@ -150,13 +167,7 @@ impl ImageBindEncoder {
             info,
             model,
             tokenizer,
-            // The official `load_and_transform_vision_data`: PIL `convert("RGB")` (alpha
-            // dropped), torchvision Resize (Pillow bicubic) and CenterCrop (offsets rounded).
-            image_cfg: ImagePreprocessConfig {
-                alpha: Alpha::Drop,
-                crop_offset: CropOffset::RoundHalfEven,
-                ..ImagePreprocessConfig::clip(config.inputs.image_size as u32)
-            },
+            image_cfg: image_preprocess_config(&config),
             fbank,
             audio_cfg,
             device: device.clone(),
@@ -191,8 +202,12 @@ impl ImageBindEncoder {
                 let fb = self.fbank.as_ref().ok_or_else(|| self.unsupported(m))?;
                 audio::preprocess(bytes, fb, &self.audio_cfg)
             }
-            Modality::Depth => depth::preprocess(bytes, &self.model.config.inputs.depth),
-            Modality::Thermal => thermal::preprocess(bytes),
+            Modality::Depth => depth::preprocess(
+                bytes,
+                &self.model.config.inputs.depth,
+                self.model.config.inputs.image_size,
+            ),
+            Modality::Thermal => thermal::preprocess(bytes, self.model.config.inputs.image_size),
             Modality::Imu => imu::preprocess(bytes),
             Modality::Video => video::preprocess(bytes),
             other => Err(self.unsupported(other)),

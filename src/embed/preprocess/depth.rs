@@ -1,5 +1,6 @@
 //! Depth maps for ImageBind: a 16-bit greyscale PNG in millimetres or a `.npy` array in metres,
-//! turned into the normalised disparity map the depth tower takes, `[1, 224, 224]`.
+//! turned into the normalised disparity map the depth tower takes, `[1, 224, 224]` (the square is
+//! the model's `inputs.image_size`; 224 in the official model).
 //!
 //! The official ImageBind repository ships no depth loader. ImageBind was trained on SUN RGB-D
 //! depth converted to disparity the way Omnivore (the same authors' earlier model) does it, and
@@ -12,7 +13,8 @@
 //!    values of your camera in the model's `config.json` (`inputs.depth`). Missing pixels get
 //!    disparity 0 (infinitely far): SUN RGB-D's maps were hole-filled, so training saw no
 //!    holes, and "far" disturbs a scene less than the recipe's "nearest possible";
-//! 3. torchvision `Resize(224)` (antialiased bilinear on the float map) and `CenterCrop(224)`;
+//! 3. torchvision `Resize(224)` (antialiased bilinear on the float map) and `CenterCrop(224)`
+//!    (the model's image size in place of 224);
 //! 4. Omnivore's `DepthNorm`: clamp at `max_disparity` (75) and divide by it; then normalise
 //!    with mean 0.0418 and standard deviation 0.0295.
 //!
@@ -25,7 +27,7 @@ use super::map::{resize_and_centre_crop, Map};
 use super::npy::read_npy;
 use crate::embed::EmbedError;
 
-/// Size of the square the maps are brought to.
+/// Size of the square the official towers take (a model's `inputs.image_size`).
 pub const SIZE: usize = 224;
 
 /// Depth-to-disparity conversion and normalisation.
@@ -136,10 +138,11 @@ pub fn to_disparity(metres: &Map, cfg: &DepthConfig) -> Map {
     Map::new(data, metres.height, metres.width)
 }
 
-/// Depth bytes to the depth tower's `[1, 224, 224]` input.
-pub fn preprocess(bytes: &[u8], cfg: &DepthConfig) -> Result<Vec<f32>, EmbedError> {
+/// Depth bytes to the depth tower's `[1, size, size]` input (`size` is the model's
+/// `inputs.image_size`, [`SIZE`] in the official model).
+pub fn preprocess(bytes: &[u8], cfg: &DepthConfig, size: usize) -> Result<Vec<f32>, EmbedError> {
     let disparity = to_disparity(&decode_depth(bytes)?, cfg);
-    let crop = resize_and_centre_crop(&disparity, SIZE)?;
+    let crop = resize_and_centre_crop(&disparity, size)?;
     Ok(crop
         .data
         .into_iter()

@@ -1,14 +1,13 @@
 //! Thermal images for ImageBind: 8- or 16-bit greyscale PNG or TIFF, scaled to [0, 1]
 //! (divided by 255 or 65535), resized so the shorter side is 224 (torchvision `Resize(224)`,
 //! antialiased bilinear on the float map) and centre-cropped (`CenterCrop(224)`):
-//! `[1, 224, 224]`.
+//! `[1, 224, 224]`. A model with another `inputs.image_size` gets that size in place of 224.
 //!
 //! The official ImageBind code ships no thermal loader; ImageBind's thermal data (LLVIP) are
 //! 8-bit single-channel images and this layout is the plain `ToTensor` scaling of them. It is
 //! exact to the reference model on the fixtures, not a claim about the released weights'
 //! training input.
 
-use super::depth::SIZE;
 use super::map::{resize_and_centre_crop, Map};
 use crate::embed::EmbedError;
 
@@ -43,7 +42,8 @@ pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
     Ok(Map::new(data, h, w))
 }
 
-/// Thermal bytes to the thermal tower's `[1, 224, 224]` input.
-pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-    Ok(resize_and_centre_crop(&decode_thermal(bytes)?, SIZE)?.data)
+/// Thermal bytes to the thermal tower's `[1, size, size]` input (`size` is the model's
+/// `inputs.image_size`, 224 in the official model).
+pub fn preprocess(bytes: &[u8], size: usize) -> Result<Vec<f32>, EmbedError> {
+    Ok(resize_and_centre_crop(&decode_thermal(bytes)?, size)?.data)
 }
