@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::params::Trainable;
+use crate::embed::imagebind::convert::tower_of_key;
+use crate::embed::imagebind::model::Tower;
 use crate::embed::imagebind::ImageBindConfig;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -53,7 +55,7 @@ pub fn save(dir: &Path, params: &Trainable, meta: &CheckpointMeta) -> anyhow::Re
         .context("writing the weights")?;
     std::fs::rename(tmp(WEIGHTS_FILE), dir.join(WEIGHTS_FILE))?;
     for (name, text) in [
-        (CONFIG_FILE, params.config().to_json()),
+        (CONFIG_FILE, held_config(params).to_json()),
         (META_FILE, serde_json::to_string_pretty(meta)? + "\n"),
     ] {
         std::fs::write(tmp(name), text).with_context(|| format!("writing {name}"))?;
@@ -62,12 +64,25 @@ pub fn save(dir: &Path, params: &Trainable, meta: &CheckpointMeta) -> anyhow::Re
     Ok(())
 }
 
+/// The configuration of the towers whose weights `params` holds: a stage-1 run holds only the
+/// vision and text towers, and its checkpoint must load as a model of those two.
+fn held_config(params: &Trainable) -> ImageBindConfig {
+    let data = params.varmap().data().lock().expect("varmap lock");
+    let mut config = params.config().clone();
+    for t in Tower::ALL {
+        if !data.keys().any(|k| tower_of_key(k) == Some(t)) {
+            t.remove_from(&mut config);
+        }
+    }
+    config
+}
+
 /// Loads the checkpoint in `dir` into `params` (same config, same towers) and returns where the
 /// run stood.
 pub fn load(dir: &Path, params: &mut Trainable) -> anyhow::Result<CheckpointMeta> {
     let config = ImageBindConfig::from_json(&std::fs::read_to_string(dir.join(CONFIG_FILE))?)
         .map_err(anyhow::Error::msg)?;
-    if &config != params.config() {
+    if config != held_config(params) {
         bail!("the checkpoint's config.json differs from the model being trained");
     }
     params

@@ -556,6 +556,15 @@ warmup_steps = 5
         "{lines:?}"
     );
 
+    // The stage-1 checkpoint's config lists exactly the towers it holds weights for: it serves.
+    let mut spec =
+        crate::embed::ModelSpec::new("s1", dir.path().join("run/stage1").display().to_string());
+    spec.device = crate::embed::DeviceSpec::Cpu;
+    let s1 = crate::embed::load_encoder(&spec).unwrap();
+    assert!(s1
+        .modalities()
+        .starts_with(&[crate::embed::Modality::Text, crate::embed::Modality::Image]));
+
     // The last checkpoint holds every tower and the tokenizer: it serves.
     let ckpt = dir.path().join("run/stage2-imu");
     let mut spec = crate::embed::ModelSpec::new("tiny", ckpt.display().to_string());

@@ -182,14 +182,7 @@ pub fn convert(
         ));
     }
     for t in Tower::ALL.into_iter().filter(|t| !present.contains(t)) {
-        match t {
-            Tower::Vision => config.vision = None,
-            Tower::Text => config.text = None,
-            Tower::Audio => config.audio = None,
-            Tower::Depth => config.depth = None,
-            Tower::Thermal => config.thermal = None,
-            Tower::Imu => config.imu = None,
-        }
+        t.remove_from(&mut config);
     }
     config.validate().map_err(EmbedError::Config)?;
     if let Some(dtype) = opts.dtype {

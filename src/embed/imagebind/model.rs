@@ -152,6 +152,18 @@ impl Tower {
         }
     }
 
+    /// Removes this tower from a configuration.
+    pub fn remove_from(self, c: &mut ImageBindConfig) {
+        match self {
+            Tower::Vision => c.vision = None,
+            Tower::Text => c.text = None,
+            Tower::Audio => c.audio = None,
+            Tower::Depth => c.depth = None,
+            Tower::Thermal => c.thermal = None,
+            Tower::Imu => c.imu = None,
+        }
+    }
+
     /// The official trunks add a learned key/value token (`add_bias_kv`) in every modality
     /// except vision and text.
     fn add_bias_kv(self) -> bool {
