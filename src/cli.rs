@@ -170,9 +170,10 @@ pub struct ConvertImageBindArgs {
     /// video too). All by default.
     #[arg(long, value_delimiter = ',')]
     pub modalities: Vec<Modality>,
-    /// Stored precision of the output: f32, f16 or bf16 (default: as in the checkpoint).
+    /// Stored precision of the output: f32, f16 or bf16 (default, or auto: as in the
+    /// checkpoint).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<Precision>,
     /// omnibind ImageBind `config.json` with the sizes, for checkpoints other than
     /// imagebind_huge (attention head counts cannot be read from the weights).
     #[arg(long)]
@@ -301,13 +302,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 pub fn convert_imagebind(args: ConvertImageBindArgs) -> Result<()> {
     use crate::embed::imagebind::convert::{convert, ConvertOptions};
     use crate::embed::imagebind::{ImageBindConfig, Tower};
-    let dtype = match args.dtype.as_deref() {
-        None => None,
-        Some("f32") => Some(candle_core::DType::F32),
-        Some("f16") => Some(candle_core::DType::F16),
-        Some("bf16") => Some(candle_core::DType::BF16),
-        Some(other) => bail!("--dtype {other}: use f32, f16 or bf16"),
-    };
+    // The CPU's reading of a precision is the stored one; `auto` keeps the checkpoint's.
+    let dtype = args
+        .dtype
+        .filter(|p| *p != Precision::Auto)
+        .map(|p| p.dtype(&candle_core::Device::Cpu));
     let config = match &args.config {
         None => None,
         Some(p) => {

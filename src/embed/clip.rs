@@ -643,7 +643,7 @@ impl ClipEncoder {
         let tok = self
             .tokenizer
             .as_ref()
-            .ok_or_else(|| self.unsupported(Modality::Text))?;
+            .ok_or_else(|| self.info.unsupported(Modality::Text))?;
         forward_in_chunks(texts, self.max_batch, |chunk| {
             let batch = tok.encode_batch(chunk)?;
             let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.seq_len), &self.device)?;
@@ -654,7 +654,7 @@ impl ClipEncoder {
     /// L2-normalised image embeddings for preprocessed pixels (`[3, h, w]` f32 each).
     pub fn embed_pixels(&self, images: &[&[f32]]) -> std::result::Result<Tensor, EmbedError> {
         if self.model.vision.is_none() {
-            return Err(self.unsupported(Modality::Image));
+            return Err(self.info.unsupported(Modality::Image));
         }
         forward_in_chunks(images, self.max_batch, |chunk| {
             Ok(self.model.get_image_features(&self.pixel_tensor(chunk)?)?)
@@ -688,20 +688,6 @@ impl ClipEncoder {
     pub fn preprocess_image(&self, bytes: &[u8]) -> std::result::Result<Vec<f32>, EmbedError> {
         preprocess_image(bytes, &self.image_cfg)
     }
-
-    fn unsupported(&self, modality: Modality) -> EmbedError {
-        EmbedError::UnsupportedModality {
-            model: self.info.name.clone(),
-            modality,
-            accepted: self
-                .info
-                .modalities
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    }
 }
 
 impl Encoder for ClipEncoder {
@@ -723,7 +709,7 @@ impl Encoder for ClipEncoder {
                     modality: Modality::Image,
                     bytes,
                 } if self.model.vision.is_some() => images.push((i, bytes.as_slice())),
-                other => out[i] = Some(Err(self.unsupported(other.modality()))),
+                other => out[i] = Some(Err(self.info.unsupported(other.modality()))),
             }
         }
         if !texts.is_empty() {

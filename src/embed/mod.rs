@@ -117,6 +117,22 @@ pub struct ModelInfo {
     pub preprocess_version: u32,
 }
 
+impl ModelInfo {
+    /// The error for an input of a modality this model does not embed.
+    pub fn unsupported(&self, modality: Modality) -> EmbedError {
+        EmbedError::UnsupportedModality {
+            model: self.name.clone(),
+            modality,
+            accepted: self
+                .modalities
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
 /// A model that embeds inputs of one or more modalities into one vector space.
 pub trait Encoder: Send + Sync {
     fn info(&self) -> &ModelInfo;

@@ -10,15 +10,10 @@ use reqwest::blocking::multipart;
 use serde_json::{json, Value};
 
 use crate::common::{fixtures, load_tensors, read_json};
-use crate::server::{file_part, hits, TestServer};
+use crate::server::{dot, file_part, hits, normalized, TestServer};
 
 fn ib() -> PathBuf {
     fixtures().join("imagebind")
-}
-
-fn normalized(v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
 }
 
 fn row(t: &candle_core::Tensor, i: usize) -> Vec<f32> {
@@ -111,10 +106,6 @@ fn items() -> Vec<Item> {
             reference: row(&refs["imu.output"], 1),
         },
     ]
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The ids ranked by the reference vectors' cosine to `query`, with their scores.

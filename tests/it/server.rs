@@ -263,11 +263,11 @@ fn assert_error(answer: (u16, Value), status: u16, code: &str) {
     assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn normalized(v: Vec<f32>) -> Vec<f32> {
+pub(crate) fn normalized(v: Vec<f32>) -> Vec<f32> {
     let n = dot(&v, &v).sqrt();
     v.into_iter().map(|x| x / n).collect()
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{ImageBindConfig, TrunkConfig};
+use super::config::ImageBindConfig;
 use super::model::{ImageBindModel, Tower};
 use crate::embed::EmbedError;
 
@@ -98,16 +98,8 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Result<ImageBindConfig
     let mut config = huge.clone();
     let mut found = Vec::new();
     for t in Tower::ALL {
-        let slot: &mut Option<TrunkConfig> = match t {
-            Tower::Vision => &mut config.vision,
-            Tower::Text => &mut config.text,
-            Tower::Audio => &mut config.audio,
-            Tower::Depth => &mut config.depth,
-            Tower::Thermal => &mut config.thermal,
-            Tower::Imu => &mut config.imu,
-        };
         match tower_sizes(tensors, t) {
-            None => *slot = None,
+            None => t.remove_from(&mut config),
             Some((dim, blocks)) => {
                 let want = t.trunk_config(&huge).expect("huge has every tower");
                 if (dim, blocks) != (want.embed_dim, want.num_blocks) {

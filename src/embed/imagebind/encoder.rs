@@ -180,26 +180,15 @@ impl ImageBindEncoder {
         &self.model
     }
 
-    fn unsupported(&self, modality: Modality) -> EmbedError {
-        EmbedError::UnsupportedModality {
-            model: self.info.name.clone(),
-            modality,
-            accepted: self
-                .info
-                .modalities
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    }
-
     /// Preprocesses one input of a tensor modality: the values and the number of clips.
     fn preprocess(&self, m: Modality, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
         match m {
             Modality::Image => preprocess_image(bytes, &self.image_cfg),
             Modality::Audio => {
-                let fb = self.fbank.as_ref().ok_or_else(|| self.unsupported(m))?;
+                let fb = self
+                    .fbank
+                    .as_ref()
+                    .ok_or_else(|| self.info.unsupported(m))?;
                 audio::preprocess(bytes, fb, &self.audio_cfg)
             }
             Modality::Depth => depth::preprocess(
@@ -210,7 +199,7 @@ impl ImageBindEncoder {
             Modality::Thermal => thermal::preprocess(bytes, self.model.config.inputs.image_size),
             Modality::Imu => imu::preprocess(bytes),
             Modality::Video => video::preprocess(bytes),
-            other => Err(self.unsupported(other)),
+            other => Err(self.info.unsupported(other)),
         }
     }
 
@@ -244,7 +233,7 @@ impl ImageBindEncoder {
     pub fn embed_preprocessed(&self, m: Modality, inputs: &[&[f32]]) -> Result<Tensor, EmbedError> {
         let tower = Tower::of(m);
         if self.model.tower(tower).is_none() || m == Modality::Text {
-            return Err(self.unsupported(m));
+            return Err(self.info.unsupported(m));
         }
         let (shape, clips) = self.input_shape(m);
         let per: usize = shape.iter().product();
@@ -278,7 +267,7 @@ impl ImageBindEncoder {
         let tok = self
             .tokenizer
             .as_ref()
-            .ok_or_else(|| self.unsupported(Modality::Text))?;
+            .ok_or_else(|| self.info.unsupported(Modality::Text))?;
         forward_in_chunks(texts, self.max_batch, |chunk| {
             let batch = tok.encode_batch(chunk)?;
             let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.seq_len), &self.device)?;
@@ -302,7 +291,7 @@ impl Encoder for ImageBindEncoder {
             match input {
                 Input::Text(t) if self.tokenizer.is_some() => texts.push((i, t.as_str())),
                 other if !self.info.modalities.contains(&other.modality()) => {
-                    out[i] = Some(Err(self.unsupported(other.modality())))
+                    out[i] = Some(Err(self.info.unsupported(other.modality())))
                 }
                 _ => {}
             }
@@ -314,14 +303,8 @@ impl Encoder for ImageBindEncoder {
                 out[*i] = Some(Ok(e));
             }
         }
-        for m in [
-            Modality::Image,
-            Modality::Audio,
-            Modality::Video,
-            Modality::Depth,
-            Modality::Thermal,
-            Modality::Imu,
-        ] {
+        // Every file modality (texts were embedded above), one batch each.
+        for m in Modality::ALL.into_iter().filter(|m| *m != Modality::Text) {
             let items: Vec<(usize, &[u8])> = inputs
                 .iter()
                 .enumerate()

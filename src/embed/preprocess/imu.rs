@@ -31,6 +31,16 @@ struct Recording {
     times: Option<Vec<f64>>,
 }
 
+/// Six sensor columns, optionally after a timestamp column.
+fn check_columns(n: usize) -> Result<(), EmbedError> {
+    if n == CHANNELS || n == CHANNELS + 1 {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{n} columns; expected 6 (ax, ay, az, gx, gy, gz) or 7 (t, ax, ay, az, gx, gy, gz)"
+    )))
+}
+
 fn parse_csv(text: &str) -> Result<Recording, EmbedError> {
     let mut columns: Option<usize> = None;
     let mut rows: Vec<Vec<f64>> = Vec::new();
@@ -56,22 +66,14 @@ fn parse_csv(text: &str) -> Result<Recording, EmbedError> {
                 values.len()
             )));
         }
-        if n != CHANNELS && n != CHANNELS + 1 {
-            return Err(invalid(format!(
-                "{n} columns; expected 6 (ax, ay, az, gx, gy, gz) or 7 (t, ax, ay, az, gx, gy, gz)"
-            )));
-        }
+        check_columns(n)?; // fail on the first row, not after reading the file
         rows.push(values);
         if rows.len() > MAX_SAMPLES {
             return Err(invalid(format!("more than {MAX_SAMPLES} samples")));
         }
     }
     let n = columns.unwrap_or(CHANNELS);
-    if n != CHANNELS && n != CHANNELS + 1 {
-        return Err(invalid(format!(
-            "{n} columns; expected 6 (ax, ay, az, gx, gy, gz) or 7 (t, ax, ay, az, gx, gy, gz)"
-        )));
-    }
+    check_columns(n)?; // a file of only a header row
     let first = n - CHANNELS;
     let channels = (first..n)
         .map(|c| rows.iter().map(|r| r[c]).collect())

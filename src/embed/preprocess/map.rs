@@ -87,8 +87,8 @@ pub fn resize_bilinear_aa(map: &Map, out_h: usize, out_w: usize) -> Map {
 
 /// Smallest accepted side of a map.
 pub const MIN_SIDE: usize = 16;
-/// Largest accepted side of a map.
-pub const MAX_SIDE: usize = 16_384;
+/// Largest accepted side of a map: the image decoder's limit.
+pub const MAX_SIDE: usize = super::image::MAX_DIMENSION as usize;
 
 /// torchvision `Resize(size)` then `CenterCrop(size)`: a `size x size` map.
 pub fn resize_and_centre_crop(map: &Map, size: usize) -> Result<Map, EmbedError> {
