@@ -25,7 +25,7 @@ pub use params::Trainable;
 pub use recipe::{Recipe, RunOptions, StageReport};
 pub use sampler::{BatchSampler, Negatives};
 pub use schedule::LrSchedule;
-pub use trainer::{Batch, Paired, Stage, StepStats, TrainOptions, Trainer};
+pub use trainer::{Batch, ImageTower, Paired, Stage, StepStats, TrainOptions, Trainer};
 
 #[cfg(test)]
 mod tests;

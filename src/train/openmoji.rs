@@ -489,11 +489,12 @@ impl PairSource for ImageTextPairs {
     }
 }
 
-/// Stage-2 pairs: the frozen image tower's head outputs (computed once) with one of each
-/// item's inputs, drawn per epoch.
+/// Stage-2 pairs: the frozen image tower's head outputs (computed once), or the images
+/// themselves when stage 2 trains the image tower, with one of each item's inputs, drawn per
+/// epoch.
 pub struct BindPairs {
-    /// `[n, out_dim]`.
-    pub image_heads: Tensor,
+    /// `[n, out_dim]` head outputs or `[n, 3, h, w]` images, row `k` for item `k`.
+    pub images: Tensor,
     pub inputs: Candidates,
     pub shape: Vec<usize>,
     pub labels: Vec<u64>,
@@ -520,10 +521,10 @@ impl PairSource for BindPairs {
         let mut dims = vec![indices.len()];
         dims.extend_from_slice(&self.shape);
         let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-        let device = self.image_heads.device();
+        let device = self.images.device();
         Ok(Batch {
             images: self
-                .image_heads
+                .images
                 .index_select(&Tensor::new(idx.as_slice(), device)?, 0)?,
             paired: Paired::Other(Tensor::from_vec(data, dims, device)?),
         })

@@ -119,6 +119,33 @@ impl Trainable {
         )
     }
 
+    /// Sets every variable that `path` (a safetensors file) holds under the same name, e.g. the
+    /// towers of an earlier stage's checkpoint; tensors of the file the model lacks are ignored.
+    /// Returns how many variables were set and how many kept their values. Fails when a shape
+    /// differs or when the file sets nothing.
+    pub fn load_present(&mut self, path: &std::path::Path) -> Result<(usize, usize)> {
+        let file = candle_core::safetensors::load(path, &self.device)?;
+        let data = self.varmap.data().lock().unwrap();
+        let mut loaded = 0;
+        for (name, var) in data.iter() {
+            let Some(t) = file.get(name) else { continue };
+            if t.dims() != var.dims() {
+                candle_core::bail!(
+                    "{}: {name} has shape {:?}, the model {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+            loaded += 1;
+        }
+        if loaded == 0 {
+            candle_core::bail!("{} holds none of the model's weights", path.display());
+        }
+        Ok((loaded, data.len() - loaded))
+    }
+
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }

@@ -18,6 +18,7 @@
 //! model = "config.json"       # ImageBind sizes, relative to the recipe file
 //! output = "runs/tiny"        # one checkpoint directory per stage inside
 //! device = "cpu"              # cpu, auto or cuda:N
+//! # init = "runs/base/stage1" # start from these weights (e.g. stage 2 after a stage 1)
 //!
 //! [data]
 //! kind = "openmoji"
@@ -41,6 +42,7 @@
 //! batch_size = 8
 //! lr = 1e-3
 //! negatives = "mined"
+//! # freeze_image = false      # also train the image tower (ablation; default: frozen)
 //! modality_epochs = { imu = 40 }  # in place of `epochs` for some modalities
 //! ```
 //!
@@ -62,7 +64,7 @@ use super::openmoji::{Augment, BindPairs, FixedPairs, OpenMoji, PairSource};
 use super::params::Trainable;
 use super::sampler::{BatchSampler, Negatives};
 use super::schedule::LrSchedule;
-use super::trainer::{Batch, Paired, Stage, TrainOptions, Trainer};
+use super::trainer::{Batch, ImageTower, Paired, Stage, TrainOptions, Trainer};
 use crate::embed::imagebind::model::Tower;
 use crate::embed::imagebind::ImageBindConfig;
 use crate::embed::preprocess::text::TextTokenizer;
@@ -79,6 +81,11 @@ pub struct Recipe {
     pub output: PathBuf,
     #[serde(default = "default_device")]
     pub device: String,
+    /// A checkpoint or model directory (relative to the recipe file) whose `model.safetensors`
+    /// initialises the weights it holds before the first stage, e.g. a finished stage 1 for a
+    /// recipe of stage 2 only; the other weights keep their seeded initialisation.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     pub data: DataRecipe,
     #[serde(default)]
     pub stage1: Option<StageRecipe>,
@@ -163,6 +170,10 @@ pub struct StageRecipe {
     pub max_grad_norm: Option<f64>,
     #[serde(default)]
     pub negatives: NegativesRecipe,
+    /// Stage 2 only: keep the image tower frozen (the default, as ImageBind does) or train it
+    /// together with each bound tower (`false`, an ablation).
+    #[serde(default)]
+    pub freeze_image: Option<bool>,
 }
 
 fn default_weight_decay() -> f64 {
@@ -192,6 +203,9 @@ impl Recipe {
         if let Some(s) = &r.stage1 {
             if !s.modalities.is_empty() || !s.modality_epochs.is_empty() {
                 bail!("stage1 trains vision and text: it takes no `modalities`");
+            }
+            if s.freeze_image.is_some() {
+                bail!("stage1 trains the image tower: it takes no `freeze_image`");
             }
         }
         if let Some(s) = &r.stage2 {
@@ -314,6 +328,14 @@ pub fn run_with(
     let mut towers = vec![Tower::Vision, Tower::Text];
     towers.extend(stages.iter().flat_map(|(st, _)| st.trained()));
     let mut params = Trainable::init(&config, &towers, recipe.seed, &device)?;
+    if let Some(init) = &recipe.init {
+        let path = base.join(init).join(checkpoint::WEIGHTS_FILE);
+        let (loaded, kept) = params.load_present(&path)?;
+        log(&format!(
+            "init: {loaded} tensors from {}; {kept} keep their seeded values",
+            path.display()
+        ));
+    }
     let mut hash_input = text.to_string();
     if let Some(d) = &options.data {
         hash_input.push_str(&format!("\n# data: {}", d.display()));
@@ -358,7 +380,13 @@ pub fn run_with(
         }
         // The trainer is made before the pairs: stage 2 embeds its images with the frozen
         // tower once. The schedule needs the number of pairs, so it is set afterwards.
-        let mut trainer = Trainer::new(params, stage, TrainOptions::default())?;
+        let image_tower = if s.freeze_image == Some(false) {
+            ImageTower::Trained
+        } else {
+            ImageTower::Frozen
+        };
+        let mut trainer =
+            Trainer::with_image_tower(params, stage, TrainOptions::default(), image_tower)?;
         let loading = Instant::now();
         let source: Box<dyn PairSource> = match &openmoji {
             None => {
@@ -393,10 +421,12 @@ pub fn run_with(
                         bail!("fewer than two train items have {} inputs", t.keys().name);
                     }
                     let (inputs, shape) = data.bind_inputs(t, &items, &mut log)?;
-                    let images = data.served_images(&items, &device)?;
-                    let image_heads = trainer.image_heads(&images, 64)?;
+                    let mut images = data.served_images(&items, &device)?;
+                    if image_tower == ImageTower::Frozen {
+                        images = trainer.image_heads(&images, 64)?;
+                    }
                     Box::new(BindPairs {
-                        image_heads,
+                        images,
                         inputs,
                         shape,
                         labels: items.iter().map(|&k| data.labels()[k]).collect(),

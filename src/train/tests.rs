@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::checkpoint::{self, recipe_hash, CheckpointMeta};
 use super::params::{bind_temperature, stage1_temperature, Trainable};
 use super::schedule::LrSchedule;
-use super::trainer::{Batch, Paired, Stage, TrainOptions, Trainer};
+use super::trainer::{Batch, ImageTower, Paired, Stage, TrainOptions, Trainer};
 use crate::embed::imagebind::model::Tower;
 use crate::embed::imagebind::ImageBindConfig;
 
@@ -266,6 +266,103 @@ fn stage2_steps_leave_frozen_towers_unchanged() {
 }
 
 #[test]
+fn stage2_can_train_the_image_tower_as_an_ablation() {
+    let t = Tower::Depth;
+    let mut tr = Trainer::with_image_tower(
+        trainable(0),
+        Stage::Bind(t),
+        options(1e-2),
+        ImageTower::Trained,
+    )
+    .unwrap();
+    let vision = tr.params().tower_vars(Tower::Vision);
+    assert_eq!(
+        tr.trained_vars().len(),
+        vision.len() + tr.params().tower_vars(t).len() + 1
+    );
+    let (_, grads) = tr.backward(&bind_batch(t)).unwrap();
+    for (name, var) in tr.trained_vars() {
+        assert!(
+            grads.get(var.as_tensor()).is_some_and(|g| abs_sum(g) > 0.0),
+            "no gradient for {name}"
+        );
+    }
+    for (name, var) in tr.params().all_tower_vars(Tower::Text) {
+        assert!(grads.get(var.as_tensor()).is_none(), "gradient for {name}");
+    }
+    let before: Vec<Tensor> = vision
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy().unwrap())
+        .collect();
+    tr.step(&bind_batch(t)).unwrap();
+    let moved = vision
+        .iter()
+        .zip(&before)
+        .filter(|((_, v), b)| max_diff(v.as_tensor(), b) > 0.0)
+        .count();
+    assert_eq!(moved, vision.len());
+    // Precomputed head outputs stand in for images only when the image tower is frozen.
+    let heads = tr.image_heads(&images(), 4).unwrap();
+    let batch = Batch {
+        images: heads,
+        paired: bind_batch(t).paired,
+    };
+    let err = tr.backward(&batch).unwrap_err().to_string();
+    assert!(err.contains("needs images"), "{err}");
+}
+
+#[test]
+fn load_present_sets_the_weights_a_checkpoint_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage1 = Trainable::init(
+        &tiny_config(),
+        &[Tower::Vision, Tower::Text],
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let meta = CheckpointMeta {
+        step: 1,
+        epoch: 0,
+        seed: 5,
+        recipe_hash: recipe_hash("x"),
+    };
+    checkpoint::save(dir.path(), &stage1, &meta).unwrap();
+    let mut full = trainable(0);
+    let depth_before = full.tower_vars(Tower::Depth)[0]
+        .1
+        .as_tensor()
+        .copy()
+        .unwrap();
+    let (loaded, kept) = full
+        .load_present(&dir.path().join(checkpoint::WEIGHTS_FILE))
+        .unwrap();
+    assert_eq!(loaded, stage1.named_vars().len());
+    assert_eq!(loaded + kept, full.named_vars().len());
+    for (name, var) in stage1.named_vars() {
+        assert_eq!(
+            max_diff(full.var(&name).unwrap().as_tensor(), var.as_tensor()),
+            0.0
+        );
+    }
+    let depth_after = full.tower_vars(Tower::Depth)[0]
+        .1
+        .as_tensor()
+        .copy()
+        .unwrap();
+    assert_eq!(max_diff(&depth_before, &depth_after), 0.0);
+    // A file of another geometry is refused.
+    let mut other = tiny_config();
+    other.out_embed_dim = 8;
+    let small = Trainable::init(&other, &[Tower::Vision, Tower::Text], 5, &Device::Cpu).unwrap();
+    let odir = tempfile::tempdir().unwrap();
+    checkpoint::save(odir.path(), &small, &meta).unwrap();
+    assert!(full
+        .load_present(&odir.path().join(checkpoint::WEIGHTS_FILE))
+        .is_err());
+}
+
+#[test]
 fn rebuilt_models_are_fresh_and_checkpoints_restore_them_exactly() {
     let batch = text_batch();
     let mut tr = Trainer::new(trainable(5), Stage::ImageText, options(1e-2)).unwrap();
@@ -423,8 +520,37 @@ fn a_recipe_trains_both_stages_end_to_end_and_resumes() {
         TINY_RECIPE.replace("negatives = \"mined\"", "negatives = \"easy\""),
         TINY_RECIPE.replace("seed = 3", "seed = 3\ntypo = 1"),
         TINY_RECIPE.replace("negatives = \"mined\"", "modality_epochs = { audio = 2 }"),
+        TINY_RECIPE.replace("negatives = \"grouped\"", "freeze_image = false"),
     ] {
         assert!(Recipe::from_toml(&bad).is_err(), "{bad}");
+    }
+    // Stage 2 alone, from the stage-1 checkpoint, training the image tower too: the vision
+    // weights start at the checkpoint's and move; with the default freezing they stay.
+    let stage1_dir = dir.path().join("run").join("stage1");
+    let stage1_weights =
+        candle_core::safetensors::load(stage1_dir.join(checkpoint::WEIGHTS_FILE), &Device::Cpu)
+            .unwrap();
+    let key = "modality_trunks.vision.blocks.0.attn.in_proj_weight";
+    for (freeze, moves) in [("false", true), ("true", false)] {
+        let text = format!(
+            "seed = 3\nmodel = \"config.json\"\noutput = \"abl-{freeze}\"\n\
+             init = \"run/stage1\"\n[data]\nkind = \"synthetic\"\npairs = 16\ngroups = 2\n\
+             [stage2]\nmodalities = [\"depth\"]\nepochs = 2\nbatch_size = 8\nlr = 1e-2\n\
+             freeze_image = {freeze}\n"
+        );
+        let r = Recipe::from_toml(&text).unwrap();
+        let mut log = Vec::new();
+        run(&r, &text, dir.path(), |l| log.push(l.to_string())).unwrap();
+        assert!(log[0].starts_with("init: "), "{log:?}");
+        let out = candle_core::safetensors::load(
+            dir.path()
+                .join(format!("abl-{freeze}/stage2-depth"))
+                .join(checkpoint::WEIGHTS_FILE),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d = max_diff(&out[key], &stage1_weights[key]);
+        assert_eq!(d > 0.0, moves, "freeze_image = {freeze}: {d}");
     }
 }
 

@@ -2,7 +2,8 @@
 //! paired batch, symmetric InfoNCE, backward, global-norm gradient clipping, AdamW with the
 //! scheduled learning rate. Freezing is explicit: only the trained towers' Vars (and the stage's
 //! temperature) are given to the optimiser, and the frozen image tower's output is detached so
-//! that no gradient is computed for it at all.
+//! that no gradient is computed for it at all. Stage 2 can also train the image tower
+//! ([`ImageTower::Trained`], the ablation of ImageBind's freezing).
 
 use std::time::Instant;
 
@@ -50,6 +51,16 @@ impl Stage {
             Stage::Bind(t) => bind_temperature(t),
         }
     }
+}
+
+/// Whether stage 2 updates the image tower. ImageBind keeps it frozen, so that every bound
+/// modality lands in the space the text tower was aligned with; training it as well is the
+/// ablation. Stage 1 always trains it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageTower {
+    #[default]
+    Frozen,
+    Trained,
 }
 
 /// Optimiser settings of a run.
@@ -154,6 +165,7 @@ pub struct Trainer {
     decay: AdamW,
     no_decay: AdamW,
     trained: Vec<(String, Var)>,
+    image: ImageTower,
     step: usize,
 }
 
@@ -165,7 +177,20 @@ fn decays(name: &str, var: &Var) -> bool {
 }
 
 impl Trainer {
+    /// A trainer of `stage`; in stage 2 the image tower is frozen.
     pub fn new(params: Trainable, stage: Stage, opts: TrainOptions) -> Result<Self> {
+        Self::with_image_tower(params, stage, opts, ImageTower::Frozen)
+    }
+
+    /// A trainer of `stage` that, in stage 2, freezes or trains the image tower as `image`
+    /// says. A stage-2 trainer with the image tower trained needs batches of images
+    /// (`[b, 3, h, w]`), not precomputed head outputs.
+    pub fn with_image_tower(
+        params: Trainable,
+        stage: Stage,
+        opts: TrainOptions,
+        image: ImageTower,
+    ) -> Result<Self> {
         if let Stage::Bind(Tower::Vision | Tower::Text) = stage {
             candle_core::bail!("stage 2 binds audio, depth, thermal or IMU to frozen images");
         }
@@ -174,8 +199,11 @@ impl Trainer {
                 candle_core::bail!("the {t:?} tower is not in the trainable model");
             }
         }
-        let mut trained: Vec<(String, Var)> = stage
-            .trained()
+        let mut towers = stage.trained();
+        if image == ImageTower::Trained && !towers.contains(&Tower::Vision) {
+            towers.insert(0, Tower::Vision);
+        }
+        let mut trained: Vec<(String, Var)> = towers
             .into_iter()
             .flat_map(|t| params.tower_vars(t))
             .collect();
@@ -209,6 +237,7 @@ impl Trainer {
             decay,
             no_decay,
             trained,
+            image,
             step: 0,
         })
     }
@@ -251,6 +280,11 @@ impl Trainer {
         self.stage
     }
 
+    /// Whether stage 2 freezes or trains the image tower.
+    pub fn image_tower(&self) -> ImageTower {
+        self.image
+    }
+
     /// Steps taken so far (the next step's 0-based index).
     pub fn step_index(&self) -> usize {
         self.step
@@ -273,9 +307,13 @@ impl Trainer {
 
     /// Both sides' head outputs `[b, out_dim]`; the frozen image side is detached in stage 2.
     /// Rank-2 `images` are taken as the image tower's head outputs already (see
-    /// [`Self::image_heads`]).
+    /// [`Self::image_heads`]), which only a frozen image tower allows.
     pub fn embed(&self, model: &ImageBindModel, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let frozen = matches!(self.stage, Stage::Bind(_)) && self.image == ImageTower::Frozen;
         let mut images = if batch.images.rank() == 2 {
+            if !frozen {
+                candle_core::bail!("training the image tower needs images, not head outputs");
+            }
             batch.images.clone()
         } else {
             model
@@ -289,7 +327,9 @@ impl Trainer {
                 .ok_or_else(|| candle_core::Error::Msg("no text tower".into()))?
                 .text_head(ids, eos)?,
             (Stage::Bind(t), Paired::Other(x)) => {
-                images = images.detach();
+                if frozen {
+                    images = images.detach();
+                }
                 model
                     .tower(t)
                     .ok_or_else(|| candle_core::Error::Msg(format!("no {t:?} tower")))?
