@@ -3,6 +3,7 @@
 mod clip;
 mod common;
 mod crash;
+mod default_model;
 mod imagebind;
 mod imagebind_audio_formats;
 mod imagebind_server;

@@ -64,6 +64,15 @@ impl TestServer {
 
     /// Starts a server with the fixture model as `default`; `tweak` may change any setting.
     pub fn start_with(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_configured(dir, |settings| {
+            settings.models = vec![ModelSpec::new("default", model_dir().to_str().unwrap())];
+            tweak(settings);
+        })
+    }
+
+    /// Starts a server with the built-in default settings (the repository's `config.toml`)
+    /// on `dir`; `tweak` may change any setting.
+    pub fn start_configured(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings::load(
             None,
             &Overrides {
@@ -72,7 +81,6 @@ impl TestServer {
             },
         )
         .unwrap();
-        settings.models = vec![ModelSpec::new("default", model_dir().to_str().unwrap())];
         tweak(&mut settings);
         let registry = Registry::load(&settings.models).unwrap();
         let engine = Arc::new(Engine::open(&settings, registry).unwrap());

@@ -102,9 +102,9 @@ impl ImageBindEncoder {
         let config = ImageBindConfig::from_json(&read_to_string(&config_path)?)
             .map_err(|e| EmbedError::Config(format!("{}: {e}", config_path.display())))?;
         let mut available = config.modalities();
-        // The video pipeline makes 224x224 clips of 2 frames, the official vision input.
-        let video_fits = config.inputs.image_size == video::SIZE
-            && config.inputs.video_frames == video::FRAMES_PER_CLIP;
+        // The video pipeline makes clips of 2 frames (the official vision input), cropped to
+        // the model's image size.
+        let video_fits = config.inputs.video_frames == video::FRAMES_PER_CLIP;
         if !video_fits {
             available.retain(|m| *m != Modality::Video);
         }
@@ -112,7 +112,7 @@ impl ImageBindEncoder {
         if let Some(m) = wanted.iter().find(|m| !available.contains(m)) {
             if *m == Modality::Video && !video_fits && config.vision.is_some() {
                 return Err(EmbedError::Config(
-                    "video input needs a vision tower of 224x224 inputs and 2-frame clips".into(),
+                    "video input needs a vision tower of 2-frame clips".into(),
                 ));
             }
             return Err(EmbedError::Config(format!(
@@ -198,7 +198,7 @@ impl ImageBindEncoder {
             ),
             Modality::Thermal => thermal::preprocess(bytes, self.model.config.inputs.image_size),
             Modality::Imu => imu::preprocess(bytes),
-            Modality::Video => video::preprocess(bytes),
+            Modality::Video => video::preprocess_at(bytes, self.model.config.inputs.image_size),
             other => Err(self.info.unsupported(other)),
         }
     }

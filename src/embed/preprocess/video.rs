@@ -54,10 +54,16 @@ pub const CLIP_SECONDS: u32 = 2;
 pub const FRAMES_PER_CLIP: usize = 2;
 /// Spatial crops per clip.
 pub const CROPS: usize = 3;
-/// Side of the crops.
+/// Side of the crops of the official pipeline (and of models with 224-pixel images); a model
+/// of another image size gets crops of its own size ([`preprocess_at`]).
 pub const SIZE: usize = 224;
 /// Values of one preprocessed video: `[CLIPS * CROPS, 3, FRAMES_PER_CLIP, SIZE, SIZE]`.
-pub const INPUT_LEN: usize = CLIPS * CROPS * 3 * FRAMES_PER_CLIP * SIZE * SIZE;
+pub const INPUT_LEN: usize = input_len(SIZE);
+
+/// Values of one video preprocessed to crops of `size` pixels.
+pub const fn input_len(size: usize) -> usize {
+    CLIPS * CROPS * 3 * FRAMES_PER_CLIP * size * size
+}
 /// Frame rate without an `fps.txt` (pytorchvideo's `FrameVideo` default).
 pub const DEFAULT_FPS: f64 = 30.0;
 /// Accepted frame rates. From 1 fps up every 2-second clip holds a frame.
@@ -475,52 +481,53 @@ fn axis(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Axis 
     a
 }
 
-/// Size after `ShortSideScale(224)`: `(height, width)`.
-pub fn scaled_size(h: usize, w: usize) -> (usize, usize) {
-    let s = SIZE as f64;
+/// Size after `ShortSideScale(size)`: `(height, width)`.
+pub fn scaled_size(h: usize, w: usize, size: usize) -> (usize, usize) {
+    let s = size as f64;
     if w < h {
-        ((h as f64 / w as f64 * s).floor() as usize, SIZE)
+        ((h as f64 / w as f64 * s).floor() as usize, size)
     } else {
-        (SIZE, (w as f64 / h as f64 * s).floor() as usize)
+        (size, (w as f64 / h as f64 * s).floor() as usize)
     }
 }
 
-/// Top-left corners `(y, x)` of the three crops of `uniform_crop` in a `(h, w)` frame.
-pub fn crop_offsets(h: usize, w: usize) -> [(usize, usize); CROPS] {
-    // `int(math.ceil((size_dim - 224) / 2))` for the centre.
-    let centre = |n: usize| (n - SIZE).div_ceil(2);
+/// Top-left corners `(y, x)` of the three `size`-pixel crops of `uniform_crop` in a `(h, w)`
+/// frame.
+pub fn crop_offsets(h: usize, w: usize, size: usize) -> [(usize, usize); CROPS] {
+    // `int(math.ceil((size_dim - size) / 2))` for the centre.
+    let centre = |n: usize| (n - size).div_ceil(2);
     let (cy, cx) = (centre(h), centre(w));
     if h > w {
-        [(0, cx), (cy, cx), (h - SIZE, cx)]
+        [(0, cx), (cy, cx), (h - size, cx)]
     } else {
-        [(cy, 0), (cy, cx), (cy, w - SIZE)]
+        [(cy, 0), (cy, cx), (cy, w - size)]
     }
 }
 
-/// One frame's three normalised crops, `[CROPS, 3, SIZE, SIZE]`: `/ 255`, bilinear short-side
-/// scale to 224, CLIP normalisation, crops.
-pub fn frame_crops(rgb: &RgbImage) -> Vec<f32> {
+/// One frame's three normalised crops, `[CROPS, 3, size, size]`: `/ 255`, bilinear short-side
+/// scale to `size`, CLIP normalisation, crops.
+pub fn frame_crops(rgb: &RgbImage, size: usize) -> Vec<f32> {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let (nh, nw) = scaled_size(h, w);
+    let (nh, nw) = scaled_size(h, w, size);
     let lut: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     let raw = rgb.as_raw();
     let px = |y: usize, x: usize, c: usize| lut[raw[(y * w + x) * 3 + c] as usize];
-    let plane = SIZE * SIZE;
+    let plane = size * size;
     let mut out = vec![0f32; CROPS * 3 * plane];
-    for (k, &(oy, ox)) in crop_offsets(nh, nw).iter().enumerate() {
-        let rows = axis(h, nh, oy..oy + SIZE);
-        let cols = axis(w, nw, ox..ox + SIZE);
+    for (k, &(oy, ox)) in crop_offsets(nh, nw, size).iter().enumerate() {
+        let rows = axis(h, nh, oy..oy + size);
+        let cols = axis(w, nw, ox..ox + size);
         for c in 0..3 {
             let (mean, std) = (CLIP_MEAN[c], CLIP_STD[c]);
             let dst = &mut out[(k * 3 + c) * plane..(k * 3 + c + 1) * plane];
-            for y in 0..SIZE {
+            for y in 0..size {
                 let (h0, h1, hw0, hw1) = (rows.i0[y], rows.i1[y], rows.w0[y], rows.w1[y]);
-                for x in 0..SIZE {
+                for x in 0..size {
                     let (w0, w1, ww0, ww1) = (cols.i0[x], cols.i1[x], cols.w0[x], cols.w1[x]);
                     let t0 = px(h0, w0, c).mul_add(ww0, px(h0, w1, c) * ww1);
                     let t1 = px(h1, w0, c).mul_add(ww0, px(h1, w1, c) * ww1);
                     let v = t0.mul_add(hw0, t1 * hw1);
-                    dst[y * SIZE + x] = (v - mean) / std;
+                    dst[y * size + x] = (v - mean) / std;
                 }
             }
         }
@@ -531,17 +538,23 @@ pub fn frame_crops(rgb: &RgbImage) -> Vec<f32> {
 /// A ZIP archive of frames to the vision tower's video input `[15, 3, 2, 224, 224]`
 /// (clip-major, then crop), ready to be averaged over its 15 rows.
 pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+    preprocess_at(bytes, SIZE)
+}
+
+/// [`preprocess`] for a vision tower of `size`-pixel images: the same clips and frames, the
+/// frames scaled to `size` on their short side and cropped to `size` x `size`.
+pub fn preprocess_at(bytes: &[u8], size: usize) -> Result<Vec<f32>, EmbedError> {
     let mut archive = FrameArchive::open(bytes)?;
     let picks = sampled_frames(archive.len(), archive.fps())?;
     let mut crops: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
-    let mut size: Option<(usize, (u32, u32))> = None;
+    let mut first: Option<(usize, (u32, u32))> = None;
     for &f in picks.iter().flatten() {
         if crops.contains_key(&f) {
             continue;
         }
         let rgb = archive.decode_frame(f)?;
-        match size {
-            None => size = Some((f, rgb.dimensions())),
+        match first {
+            None => first = Some((f, rgb.dimensions())),
             Some((g, dims)) if dims != rgb.dimensions() => {
                 let names: Vec<&str> = archive.names().collect();
                 return Err(invalid(format!(
@@ -556,10 +569,10 @@ pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
             }
             _ => {}
         }
-        crops.insert(f, frame_crops(&rgb));
+        crops.insert(f, frame_crops(&rgb, size));
     }
-    let plane = SIZE * SIZE;
-    let mut out = vec![0f32; INPUT_LEN];
+    let plane = size * size;
+    let mut out = vec![0f32; input_len(size)];
     for (clip, frames) in picks.iter().enumerate() {
         for (t, f) in frames.iter().enumerate() {
             let src = &crops[f];
@@ -646,18 +659,33 @@ mod tests {
 
     #[test]
     fn crops_follow_uniform_crop() {
-        assert_eq!(scaled_size(240, 320), (224, 298));
-        assert_eq!(scaled_size(320, 240), (298, 224));
-        assert_eq!(scaled_size(100, 100), (224, 224));
-        assert_eq!(crop_offsets(224, 298), [(0, 0), (0, 37), (0, 74)]);
-        assert_eq!(crop_offsets(224, 299), [(0, 0), (0, 38), (0, 75)]);
-        assert_eq!(crop_offsets(298, 224), [(0, 0), (37, 0), (74, 0)]);
+        assert_eq!(scaled_size(240, 320, SIZE), (224, 298));
+        assert_eq!(scaled_size(320, 240, SIZE), (298, 224));
+        assert_eq!(scaled_size(100, 100, SIZE), (224, 224));
+        assert_eq!(crop_offsets(224, 298, SIZE), [(0, 0), (0, 37), (0, 74)]);
+        assert_eq!(crop_offsets(224, 299, SIZE), [(0, 0), (0, 38), (0, 75)]);
+        assert_eq!(crop_offsets(298, 224, SIZE), [(0, 0), (37, 0), (74, 0)]);
+        // A 64-pixel model: 240x320 scales to 64x85, crops at x = 0, 11, 21.
+        assert_eq!(scaled_size(240, 320, 64), (64, 85));
+        assert_eq!(crop_offsets(64, 85, 64), [(0, 0), (0, 11), (0, 21)]);
+    }
+
+    #[test]
+    fn smaller_models_get_crops_of_their_size() {
+        // A 64x64 frame at 64 pixels: the three crops are the frame itself.
+        let rgb = RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let out = frame_crops(&rgb, 64);
+        assert_eq!(out.len(), CROPS * 3 * 64 * 64);
+        let v = (9.0f32 / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0];
+        assert_eq!(out[9], v);
+        assert_eq!(out[..3 * 64 * 64], out[2 * 3 * 64 * 64..]);
+        assert_eq!(input_len(64), 15 * 3 * 2 * 64 * 64);
     }
 
     #[test]
     fn identity_scale_is_a_copy() {
         let rgb = RgbImage::from_fn(224, 224, |x, y| image::Rgb([x as u8, y as u8, 7]));
-        let out = frame_crops(&rgb);
+        let out = frame_crops(&rgb, SIZE);
         let v = (9.0f32 / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0];
         assert_eq!(out[9], v);
         assert_eq!(
