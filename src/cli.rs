@@ -1040,13 +1040,44 @@ pub fn train(args: TrainArgs) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // One bar per stage on a terminal: steps, loss and learning rate of the last step, ETA.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps, {msg}, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let shown = bar.clone();
+    let progress: crate::train::ProgressFn =
+        std::sync::Arc::new(move |p: crate::train::Progress<'_>| match p {
+            crate::train::Progress::Stage { name, steps, done } => {
+                shown.reset();
+                shown.set_prefix(name.to_string());
+                shown.set_length(steps as u64);
+                shown.set_position(done as u64);
+            }
+            crate::train::Progress::Step { loss, lr } => {
+                shown.set_message(format!("loss {loss:.4}, lr {lr:.2e}"));
+                shown.inc(1);
+            }
+        });
     let options = crate::train::RunOptions {
         data: args.data.clone(),
         max_steps: args.max_steps,
         log_every: args.log_every,
+        progress: Some(progress),
     };
-    let reports =
-        crate::train::recipe::run_with(&recipe, &text, base, &options, |line| eprintln!("{line}"))?;
+    let reports = crate::train::recipe::run_with(&recipe, &text, base, &options, |line| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    });
+    bar.finish_and_clear();
+    let reports = reports?;
     for r in reports {
         println!(
             "{}",

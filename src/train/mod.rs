@@ -22,7 +22,7 @@ pub mod trainer;
 
 pub use checkpoint::CheckpointMeta;
 pub use params::Trainable;
-pub use recipe::{Recipe, RunOptions, StageReport};
+pub use recipe::{Progress, ProgressFn, Recipe, RunOptions, StageReport};
 pub use sampler::{BatchSampler, Negatives};
 pub use schedule::LrSchedule;
 pub use trainer::{Batch, ImageTower, Paired, Stage, StepStats, TrainOptions, Trainer};

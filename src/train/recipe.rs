@@ -254,8 +254,24 @@ pub struct StageReport {
     pub steps_per_sec: f64,
 }
 
+/// Progress of a run, step by step (for a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress<'a> {
+    /// A stage starts (or resumes): its name, its steps in all and those already done.
+    Stage {
+        name: &'a str,
+        steps: usize,
+        done: usize,
+    },
+    /// A step finished with this loss at this learning rate.
+    Step { loss: f32, lr: f64 },
+}
+
+/// Receives [`Progress`].
+pub type ProgressFn = std::sync::Arc<dyn Fn(Progress<'_>) + Send + Sync>;
+
 /// Options of a run beside its recipe.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// The openmoji dataset directory in place of the recipe's `data.path`.
     pub data: Option<PathBuf>,
@@ -264,6 +280,19 @@ pub struct RunOptions {
     pub max_steps: Option<usize>,
     /// Log the mean loss of every `log_every` steps (0: once per epoch only).
     pub log_every: usize,
+    /// Called at the start of every stage and after every step.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("data", &self.data)
+            .field("max_steps", &self.max_steps)
+            .field("log_every", &self.log_every)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// Runs `recipe` (whose text is `text`; relative paths start at `base`), resuming from the
@@ -455,6 +484,16 @@ pub fn run_with(
             ..Default::default()
         })?;
         trainer.set_step_index(start_step);
+        let report = |p: Progress<'_>| {
+            if let Some(f) = &options.progress {
+                f(p);
+            }
+        };
+        report(Progress::Stage {
+            name: &name,
+            steps: epochs * per_epoch,
+            done: start_step,
+        });
         let (mut first, mut last, mut steps, mut epochs_run) = (None, None, 0, 0);
         let started = Instant::now();
         let mut cut = false;
@@ -479,6 +518,10 @@ pub fn run_with(
                     break;
                 }
                 let st = trainer.step(&source.batch(&batch, epoch)?)?;
+                report(Progress::Step {
+                    loss: st.loss,
+                    lr: st.lr,
+                });
                 sum += st.loss as f64;
                 count += 1;
                 lr = st.lr;

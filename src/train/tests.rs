@@ -500,13 +500,35 @@ fn a_recipe_trains_both_stages_end_to_end_and_resumes() {
     // A step limit cuts every stage (2 steps per epoch: the second epoch is cut after one).
     let cut_dir = tempfile::tempdir().unwrap();
     std::fs::write(cut_dir.path().join("config.json"), tiny_config().to_json()).unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
     let options = super::recipe::RunOptions {
         max_steps: Some(3),
+        progress: Some(std::sync::Arc::new(
+            move |p: super::recipe::Progress<'_>| {
+                sink.lock().unwrap().push(match p {
+                    super::recipe::Progress::Stage { name, steps, done } => {
+                        format!("{name} {steps} {done}")
+                    }
+                    super::recipe::Progress::Step { loss, lr } => {
+                        assert!(loss.is_finite() && lr > 0.0);
+                        "step".to_string()
+                    }
+                })
+            },
+        )),
         ..Default::default()
     };
     let cut =
         super::recipe::run_with(&recipe, TINY_RECIPE, cut_dir.path(), &options, |_| {}).unwrap();
     assert!(cut.iter().all(|r| (r.epochs_run, r.steps_run) == (2, 3)));
+    // The progress: each stage's length (30 epochs of 2 steps), then its steps.
+    let mut want = Vec::new();
+    for stage in ["stage1", "stage2-imu", "stage2-depth"] {
+        want.push(format!("{stage} 60 0"));
+        want.extend(["step"; 3].map(String::from));
+    }
+    assert_eq!(*events.lock().unwrap(), want);
     // Run again: every stage is complete in its checkpoint, nothing is trained.
     let again = run(&recipe, TINY_RECIPE, dir.path(), |_| {}).unwrap();
     assert!(again.iter().all(|r| r.steps_run == 0));
