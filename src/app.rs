@@ -94,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::health::readyz))
         .route("/metrics", get(api::health::metrics))
         .route("/openapi.json", get(api::openapi::spec))
+        .route("/", get(api::web::index))
+        .route("/assets/{file}", get(api::web::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     with_middleware(routes, &state).with_state(state)

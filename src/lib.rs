@@ -9,6 +9,7 @@
 //! - [`train`]: training of small ImageBind-architecture models (contrastive stages, optimiser,
 //!   checkpoints) over [`embed`]; no HTTP.
 //! - [`api`] and [`app`]: the HTTP API over the engine, and the server that runs it.
+//! - [`web`]: the browser demo's files, embedded at build time and served by [`api`] at `/`.
 //! - [`data`]: preparation of training data (`omnibind data openmoji`); no HTTP, no models.
 //! - [`eval`]: cross-modal retrieval and zero-shot classification of a model over that data
 //!   (`omnibind eval`); no HTTP.
@@ -28,3 +29,4 @@ pub mod index;
 pub mod ingest;
 pub mod store;
 pub mod train;
+pub mod web;

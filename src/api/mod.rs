@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod search;
+pub mod web;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 

@@ -9,3 +9,4 @@ mod imagebind_audio_formats;
 mod imagebind_server;
 mod imagebind_video;
 mod server;
+mod web;

@@ -1,0 +1,295 @@
+// End-to-end test of the browser demo: the real server binary with the ImageBind test model
+// (random weights, every modality), driven in headless Chromium by playwright-core.
+//
+//   cargo build --locked && cd tests/e2e && npm ci && npm test
+//
+// Environment: OMNIBIND_BIN (default: the debug binary under CARGO_TARGET_DIR or target/),
+// CHROMIUM (default /usr/bin/chromium), E2E_SCREENSHOTS (default tests/e2e/screenshots).
+// Rankings are made deterministic by querying with stored content: a stored item's own vector
+// scores 1 and comes first whatever the weights.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, "../..");
+const fixtures = path.join(repo, "tests/fixtures");
+const bin = process.env.OMNIBIND_BIN
+  || path.join(process.env.CARGO_TARGET_DIR || path.join(repo, "target"), "debug/omnibind");
+const shots = path.resolve(process.env.E2E_SCREENSHOTS || path.join(here, "screenshots"));
+
+const files = {
+  image: path.join(fixtures, "clip/images/webp_lossy_333x333.webp"),
+  audio: path.join(fixtures, "imagebind/audio/speech_16k_mono_s16_0.9s.wav"),
+  imu: path.join(fixtures, "imagebind/imu/walk1_t_1000x7.csv"),
+  depth: path.join(fixtures, "imagebind/depth/room1_291x240_mm.png"),
+  thermal: path.join(fixtures, "imagebind/thermal/person0_224x224_16bit.png"),
+  video: path.join(fixtures, "imagebind/video/squares_320x240_24fps.zip"),
+};
+const CAPTION = "a red bicycle leaning against a brick wall";
+
+let tmp;
+let server;
+let base;
+let browser;
+let page;
+const pageErrors = [];
+
+function startServer() {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "omnibind-e2e-"));
+  const config = path.join(tmp, "config.toml");
+  fs.writeFileSync(config, [
+    "[server]",
+    'listen = "127.0.0.1:0"',
+    `data_dir = ${JSON.stringify(path.join(tmp, "data"))}`,
+    "",
+    "[[models]]",
+    'name = "imagebind"',
+    `path = ${JSON.stringify(path.join(fixtures, "imagebind/models/imagebind-tiny"))}`,
+    'device = "cpu"',
+    "",
+  ].join("\n"));
+  assert.ok(fs.existsSync(bin), `no server binary at ${bin}: run cargo build first`);
+  server = spawn(bin, ["serve", "--config", config], {
+    env: { ...process.env, RUST_LOG: "warn,omnibind=info", NO_COLOR: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  return new Promise((resolve, reject) => {
+    let log = "";
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 120_000);
+    const onData = (d) => {
+      log += d.toString();
+      const m = /listening on (http:\/\/[\d.:]+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ""));
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    };
+    server.stdout.on("data", onData);
+    server.stderr.on("data", onData);
+    server.on("exit", (code) => reject(new Error(`server exited (${code}):\n${log}`)));
+  });
+}
+
+async function shot(name) {
+  const file = path.join(shots, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+const firstCard = () => page.locator("#results .card").first();
+
+async function search({ text = "", terms = [] } = {}) {
+  await page.fill("#q", text);
+  await page.click("#search-button");
+  await page.waitForSelector("#status:not(.loading)");
+  await page.locator("#results .card").first().waitFor();
+}
+
+before(async () => {
+  fs.mkdirSync(shots, { recursive: true });
+  console.log(`screenshots: ${shots}`);
+  base = await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    ],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await context.grantPermissions(["microphone"], { origin: base });
+  page = await context.newPage();
+  page.setDefaultTimeout(60_000);
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+});
+
+after(async () => {
+  await browser?.close();
+  if (server && server.exitCode === null) {
+    server.kill("SIGTERM");
+    await new Promise((r) => server.once("exit", r));
+  }
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("browser demo", async (t) => {
+  await t.test("creates a collection with a model of /v1/models", async () => {
+    await page.goto(base);
+    await page.waitForSelector("#create-form:not([hidden])");
+    await shot("01-first-visit");
+    await page.fill("#create-name", "demo");
+    await page.selectOption("#create-model", "imagebind");
+    await page.click("#create-form button[type=submit]");
+    await page.waitForSelector("#counts .model:text('imagebind')");
+    assert.equal(await page.inputValue("#collection"), "demo");
+  });
+
+  await t.test("uploads image, audio, IMU, depth, thermal and video files with progress", async () => {
+    await page.setInputFiles("#file-input", [files.image, files.audio, files.imu]);
+    await page.waitForFunction(() => document.querySelectorAll('#uploads li[data-state="done"]').length === 3);
+    await page.selectOption("#upload-modality", "depth");
+    await page.setInputFiles("#file-input", [files.depth]);
+    await page.waitForFunction(() => document.querySelectorAll('#uploads li[data-state="done"]').length === 4);
+    await page.selectOption("#upload-modality", "thermal");
+    await page.fill("#upload-meta", '{"camera": "lwir"}');
+    await page.setInputFiles("#file-input", [files.thermal]);
+    await page.waitForFunction(() => document.querySelectorAll('#uploads li[data-state="done"]').length === 5);
+    await page.selectOption("#upload-modality", "");
+    await page.fill("#upload-meta", "");
+    await page.setInputFiles("#file-input", [files.video]);
+    await page.waitForFunction(() => document.querySelectorAll('#uploads li[data-state="done"]').length === 6);
+    for (const m of ["image", "audio", "imu", "depth", "thermal", "video"]) {
+      assert.equal(await page.textContent(`#counts .chip[data-modality=${m}] b`), "1", m);
+    }
+  });
+
+  await t.test("adds a text item", async () => {
+    await page.fill("#text-item", CAPTION);
+    await page.click("#text-form button[type=submit]");
+    await page.waitForSelector("#counts .chip[data-modality=text]");
+    assert.equal(await page.textContent("#total"), "7");
+  });
+
+  await t.test("browses the collection with a preview per modality", async () => {
+    await page.click("#browse");
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 7);
+    await page.waitForFunction(() => !document.querySelector("#results .loading"));
+    assert.equal(await page.locator("#results .card[data-modality=audio] canvas.wave").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=audio] audio").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=imu] canvas.imu").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=depth] canvas.map").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=thermal] canvas.map").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=image] img").count(), 1);
+    assert.equal(await page.locator("#results .card[data-modality=video] img").count(), 1);
+    assert.match(await page.textContent("#results .card[data-modality=text] .snippet"), /red bicycle/);
+    await shot("02-browse");
+  });
+
+  await t.test("text search ranks the stored text first", async () => {
+    await search({ text: CAPTION });
+    assert.equal(await firstCard().getAttribute("data-modality"), "text");
+    assert.equal(await firstCard().locator(".score").textContent(), "1.000");
+    assert.match(await firstCard().locator(".snippet").textContent(), /red bicycle/);
+    await shot("03-text-search");
+  });
+
+  await t.test("search by an uploaded file ranks the same stored file first", async () => {
+    await page.click("#clear-terms");
+    await page.setInputFiles("#term-file", [files.audio]);
+    await search();
+    assert.equal(await firstCard().getAttribute("data-modality"), "audio");
+    assert.equal(await firstCard().locator(".score").textContent(), "1.000");
+    await shot("04-file-search");
+  });
+
+  await t.test("more like this, weighted terms and filters", async () => {
+    await page.click("#clear-terms");
+    await page.click("#results .card[data-modality=imu] button.more");
+    await page.waitForSelector("#status:not(.loading)");
+    await page.waitForFunction(() => document.querySelector("#results .card")?.dataset.modality === "imu");
+    assert.equal(await firstCard().locator(".score").textContent(), "1.000");
+    // IMU item (weight 1) + the caption with a negative weight: two terms, one query.
+    await page.click("#add-text-term");
+    await page.fill("#terms li:last-child input.grow", CAPTION);
+    await search();
+    assert.match(await page.textContent("#status"), /for 2 terms/);
+    assert.equal(await firstCard().getAttribute("data-modality"), "imu");
+    // Only images and thermal maps, then only the thermal map by its metadata.
+    await page.click("details.filters summary");
+    await page.check("#modality-filter input[value=image]");
+    await page.check("#modality-filter input[value=thermal]");
+    await search();
+    const mods = await page.locator("#results .card").evaluateAll((els) => els.map((e) => e.dataset.modality));
+    assert.deepEqual([...mods].sort(), ["image", "thermal"]);
+    await page.fill("#meta-filter", '{"camera": "lwir"}');
+    await search();
+    assert.equal(await page.locator("#results .card").count(), 1);
+    assert.equal(await firstCard().getAttribute("data-modality"), "thermal");
+    await shot("05-weighted-filtered");
+    await page.fill("#meta-filter", "");
+    await page.uncheck("#modality-filter input[value=image]");
+    await page.uncheck("#modality-filter input[value=thermal]");
+  });
+
+  await t.test("microphone recording becomes a WAV query", async () => {
+    await page.click("#clear-terms");
+    await page.click("#record");
+    await page.waitForSelector("#record.recording");
+    await page.waitForTimeout(1500);
+    await page.click("#record");
+    await page.waitForSelector("#terms li:has-text('recording-1.wav')");
+    await search();
+    assert.doesNotMatch(await page.getAttribute("#status", "class"), /error/);
+    assert.ok((await page.locator("#results .card").count()) > 0);
+  });
+
+  await t.test("opens an item with its metadata and classifies it against typed labels", async () => {
+    await page.click("#clear-terms");
+    await page.click("#browse");
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 7);
+    await page.click("#results .card[data-modality=thermal] .preview");
+    await page.waitForSelector("#detail[open] #detail-preview canvas.map");
+    assert.match(await page.textContent("#detail-meta"), /"camera": "lwir"/);
+    assert.equal(await page.getAttribute("#detail-open", "href"), "/v1/collections/demo/items/" +
+      encodeURIComponent(await page.locator("#results .card[data-modality=thermal]").getAttribute("data-id")) + "/content");
+    await page.fill("#labels", "a person, a car, a dog");
+    await page.click("#classify-form button[type=submit]");
+    await page.waitForFunction(() => document.querySelectorAll("#classify-result li.bar").length === 3);
+    const total = await page.locator("#classify-result .p").evaluateAll((els) =>
+      els.reduce((s, e) => s + parseFloat(e.textContent), 0));
+    assert.ok(Math.abs(total - 100) < 0.5, `probabilities sum to ${total} %`);
+    await shot("06-detail-labels");
+    await page.click("#detail-close");
+  });
+
+  await t.test("deletes an item", async () => {
+    const card = page.locator("#results .card[data-modality=image]");
+    await card.locator("button.delete").click();
+    await page.waitForFunction(() => !document.querySelector("#results .card[data-modality=image]"));
+    await page.waitForFunction(() => document.querySelector("#total")?.textContent === "6");
+    assert.equal(await page.locator("#counts .chip[data-modality=image]").count(), 0);
+  });
+
+  await t.test("shows the server's error for a malformed upload", async () => {
+    const bad = path.join(tmp, "bad-imu.csv");
+    fs.writeFileSync(bad, "1,2,3\n4,5,6\n7,8,9\n");
+    await page.setInputFiles("#file-input", [bad]);
+    const row = page.locator('#uploads li[data-state="error"]');
+    await row.waitFor();
+    assert.match(await row.textContent(), /IMU: 3 columns; expected 6/);
+    await shot("07-upload-error");
+  });
+
+  await t.test("shows the server's error for a bad query and an empty state", async () => {
+    await page.click("details.filters summary");
+    await page.fill("#meta-filter", '{"year": {"gte": "x"}}');
+    await page.fill("#q", "anything");
+    await page.click("#search-button");
+    await page.waitForSelector("#status.error");
+    assert.match(await page.textContent("#status"), /^Error: /);
+    await page.fill("#meta-filter", '{"camera": "none such"}');
+    await page.click("#search-button");
+    await page.waitForSelector("#status.empty");
+    await page.fill("#meta-filter", "");
+  });
+
+  await t.test("works at phone width", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.click("#browse");
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 6);
+    await page.waitForFunction(() => !document.querySelector("#results .loading"));
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
+    await shot("08-phone");
+  });
+
+  assert.deepEqual(pageErrors, [], "no script errors in the page");
+});
