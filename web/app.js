@@ -559,7 +559,7 @@ $("classify-form").addEventListener("submit", async (e) => {
       res = await api.classifyForm(form);
     }
     out.replaceChildren(...res.labels.map((l) =>
-      h("li", { class: "bar", style: `--p:${(l.probability * 100).toFixed(1)}%` },
+      h("li", { class: "bar", style: { "--p": `${(l.probability * 100).toFixed(1)}%` } },
         h("span", { class: "label" }, l.label),
         h("span", { class: "p" }, `${(l.probability * 100).toFixed(1)} %`))));
   } catch (err) {

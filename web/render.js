@@ -9,6 +9,8 @@ const h = (tag, attrs = {}, ...children) => {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") el.className = v;
+    // Styles through the CSSOM: the page's CSP refuses inline style attributes.
+    else if (k === "style") for (const [p, x] of Object.entries(v)) el.style.setProperty(p, x);
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v);
   }
@@ -74,8 +76,7 @@ async function renderAudio(box, { type, bytes, item, large }) {
     const ctx = new OfflineAudioContext(1, 1, 44100);
     const audio = await ctx.decodeAudioData(bytes.slice(0));
     drawWave(canvas, audio.getChannelData(0));
-    box.append(h("div", { class: "caption" },
-      `${audio.duration.toFixed(2)} s · ${audio.sampleRate} Hz · ${type}`));
+    box.append(h("div", { class: "caption" }, `${audio.duration.toFixed(2)} s · ${type}`));
   } catch {
     box.append(h("div", { class: "caption" }, `${type}: no waveform in this browser`));
   }
@@ -137,37 +138,44 @@ const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3));
 
 function renderImu(box, { type, bytes, large }) {
   const ch = imuChannels(type, bytes);
-  const canvas = h("canvas", { class: "imu", width: large ? 720 : 320, height: large ? 240 : 120 });
+  const canvas = h("canvas", { class: "imu", width: large ? 720 : 320, height: large ? 300 : 132 });
   const g = canvas.getContext("2d");
   const { width: w, height: hgt } = canvas;
   g.fillStyle = "#ffffff";
   g.fillRect(0, 0, w, hgt);
-  // Accelerometer on the top half, gyroscope on the bottom half, each scaled to its own range.
-  for (const [half, group] of [[0, [0, 1, 2]], [1, [3, 4, 5]]]) {
+  // One lane per channel, each scaled to its own range (accelerometer values sit near g,
+  // gyroscope values near 0: a shared axis would flatten them).
+  const lane = hgt / 6;
+  ch.forEach((values, c) => {
     let lo = Infinity;
     let hi = -Infinity;
-    for (const c of group) for (const x of ch[c]) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
+    for (const x of values) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
     const span = hi > lo ? hi - lo : 1;
-    const top = (half * hgt) / 2 + 3;
-    const ht = hgt / 2 - 6;
-    g.strokeStyle = "#e2e8f0";
-    g.strokeRect(0.5, top - 2.5, w - 1, ht + 4);
-    for (const c of group) {
-      g.strokeStyle = IMU_COLOURS[c];
-      g.lineWidth = 1;
-      g.beginPath();
-      const n = ch[c].length;
-      for (let x = 0; x < w; x++) {
-        const v = ch[c][Math.min(n - 1, Math.floor((x / w) * n))];
-        const y = top + ht - ((v - lo) / span) * ht;
-        if (x === 0) g.moveTo(x, y);
-        else g.lineTo(x, y);
-      }
-      g.stroke();
+    const top = c * lane + 2;
+    const ht = lane - 4;
+    if (c) {
+      g.fillStyle = "#e2e8f0";
+      g.fillRect(0, c * lane, w, 1);
     }
-  }
+    g.strokeStyle = IMU_COLOURS[c];
+    g.lineWidth = large ? 1.5 : 1;
+    g.beginPath();
+    const n = values.length;
+    for (let x = 0; x < w; x++) {
+      const v = values[Math.min(n - 1, Math.floor((x / w) * n))];
+      const y = top + ht - ((v - lo) / span) * ht;
+      if (x === 0) g.moveTo(x, y);
+      else g.lineTo(x, y);
+    }
+    g.stroke();
+    if (large) {
+      g.fillStyle = "#64748b";
+      g.font = "11px system-ui, sans-serif";
+      g.fillText(`${IMU_CHANNELS[c]}  ${fmt(lo)} … ${fmt(hi)}`, 4, top + 10);
+    }
+  });
   const legend = h("div", { class: "legend" },
-    IMU_CHANNELS.map((name, i) => h("span", { style: `--c:${IMU_COLOURS[i]}` }, name)));
+    IMU_CHANNELS.map((name, i) => h("span", { style: { "--c": IMU_COLOURS[i] } }, name)));
   box.append(canvas, legend, h("div", { class: "caption" }, `${ch[0].length} samples`));
 }
 

@@ -203,7 +203,7 @@ test("browser demo", async (t) => {
     assert.match(await page.textContent("#status"), /for 2 terms/);
     assert.equal(await firstCard().getAttribute("data-modality"), "imu");
     // Only images and thermal maps, then only the thermal map by its metadata.
-    await page.click("details.filters summary");
+    await page.$eval("details.filters", (d) => { d.open = true; });
     await page.check("#modality-filter input[value=image]");
     await page.check("#modality-filter input[value=thermal]");
     await search();
@@ -269,7 +269,7 @@ test("browser demo", async (t) => {
   });
 
   await t.test("shows the server's error for a bad query and an empty state", async () => {
-    await page.click("details.filters summary");
+    await page.$eval("details.filters", (d) => { d.open = true; });
     await page.fill("#meta-filter", '{"year": {"gte": "x"}}');
     await page.fill("#q", "anything");
     await page.click("#search-button");
