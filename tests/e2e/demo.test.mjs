@@ -281,10 +281,36 @@ test("browser demo", async (t) => {
     await page.fill("#meta-filter", "");
   });
 
+  await t.test("uploads files dropped at once and a whole folder", async () => {
+    const done = () => page.locator('#uploads li[data-state="done"]').count();
+    const before = await done();
+    const png = [...fs.readFileSync(path.join(fixtures, "clip/images/png_tiny_31x17.png"))];
+    const dt = await page.evaluateHandle((bytes) => {
+      const d = new DataTransfer();
+      d.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+      d.items.add(new File(["a note dropped with the picture"], "note.txt", { type: "text/plain" }));
+      return d;
+    }, png);
+    await page.dispatchEvent("#drop", "drop", { dataTransfer: dt });
+    await page.waitForFunction((n) =>
+      document.querySelectorAll('#uploads li[data-state="done"]').length === n, before + 2);
+    const folder = path.join(tmp, "trip");
+    fs.mkdirSync(path.join(folder, "day1"), { recursive: true });
+    fs.writeFileSync(path.join(folder, "day1", "diary.txt"), "walked along the river at dawn");
+    fs.copyFileSync(files.audio, path.join(folder, "voice.wav"));
+    await page.setInputFiles("#folder-input", folder);
+    await page.waitForFunction((n) =>
+      document.querySelectorAll('#uploads li[data-state="done"]').length === n, before + 4);
+    assert.equal(await page.locator('#uploads .name[title="trip/day1/diary.txt"]').count(), 1);
+    // The folder's audio file holds content already stored: reported as a duplicate.
+    assert.match(await page.locator("#uploads li", { hasText: "trip/voice.wav" }).textContent(), /duplicate/);
+    await page.waitForFunction(() => document.querySelector("#total")?.textContent === "9");
+  });
+
   await t.test("works at phone width", async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.click("#browse");
-    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 6);
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 9);
     await page.waitForFunction(() => !document.querySelector("#results .loading"));
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
