@@ -57,12 +57,13 @@ export function imuChannels(type, bytes) {
     if (shape.length !== 2 || (shape[0] !== 6 && shape[1] !== 6)) {
       throw new Error(`IMU array of shape [${shape}]`);
     }
-    const byRows = shape[0] === 6 && shape[1] !== 6 ? false : shape[1] === 6;
-    const t = byRows ? shape[0] : shape[1];
+    // As the server reads it: [6, T] first, else [T, 6].
+    const channelsFirst = shape[0] === 6;
+    const t = channelsFirst ? shape[1] : shape[0];
     const ch = Array.from({ length: 6 }, () => new Float64Array(t));
     for (let i = 0; i < t; i++) {
       for (let c = 0; c < 6; c++) {
-        ch[c][i] = byRows ? data[i * 6 + c] : data[c * t + i];
+        ch[c][i] = channelsFirst ? data[c * t + i] : data[i * 6 + c];
       }
     }
     return ch;
@@ -188,8 +189,9 @@ function colour(map, t) {
 }
 
 /// Draws a map of values (row-major, `w` x `h`) through a colour map, scaled from the smallest
-/// to the largest finite value; `holes` (value 0, depth's "no measurement") are drawn black.
-export function drawColourMap(canvas, values, w, h, map, holes) {
+/// to the largest finite value (reversed with `invert`, so that near depths are warm);
+/// `holes` (value 0, depth's "no measurement") are drawn black.
+export function drawColourMap(canvas, values, w, h, map, holes, invert = false) {
   let lo = Infinity;
   let hi = -Infinity;
   for (const x of values) {
@@ -205,7 +207,7 @@ export function drawColourMap(canvas, values, w, h, map, holes) {
   for (let i = 0; i < w * h; i++) {
     const x = values[i];
     const [r, g, b] = !Number.isFinite(x) || (holes && x === 0)
-      ? [0, 0, 0] : colour(map, (x - lo) / span);
+      ? [0, 0, 0] : colour(map, invert ? (hi - x) / span : (x - lo) / span);
     img.data.set([r, g, b, 255], i * 4);
   }
   ctx.putImageData(img, 0, 0);

@@ -109,13 +109,14 @@ function drawWave(canvas, samples) {
 
 async function renderMap(box, { type, bytes, item }) {
   const map = COLOUR_MAPS[item.modality];
+  // Depth: near is warm, far is cool, missing pixels black. Thermal: hot is bright.
   const holes = item.modality === "depth";
   const canvas = h("canvas", { class: "map" });
   let range;
   if (type === "application/x-npy") {
     const { shape, data } = parseNpy(bytes);
     const [hh, ww] = shape.slice(-2);
-    range = drawColourMap(canvas, data, ww, hh, map, holes);
+    range = drawColourMap(canvas, data, ww, hh, map, holes, holes);
   } else if (type.startsWith("image/") && type !== "image/tiff") {
     const bitmap = await createImageBitmap(new Blob([bytes], { type }));
     const tmp = h("canvas", { width: bitmap.width, height: bitmap.height });
@@ -125,7 +126,7 @@ async function renderMap(box, { type, bytes, item }) {
     // The browser hands 16-bit greyscale over as its top 8 bits: enough for a picture.
     const values = new Float64Array(bitmap.width * bitmap.height);
     for (let i = 0; i < values.length; i++) values[i] = px[i * 4];
-    range = drawColourMap(canvas, values, bitmap.width, bitmap.height, map, holes);
+    range = drawColourMap(canvas, values, bitmap.width, bitmap.height, map, holes, holes);
   } else {
     box.append(h("div", { class: "placeholder" }, `${item.modality} (${type}): no preview`));
     return;

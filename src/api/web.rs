@@ -49,7 +49,10 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
 
 /// The demo page.
 pub async fn index(headers: HeaderMap) -> Response {
-    serve(web::get(web::INDEX).expect("index.html is embedded"), &headers)
+    serve(
+        web::get(web::INDEX).expect("index.html is embedded"),
+        &headers,
+    )
 }
 
 /// One file of the demo (its scripts, styles and icon).

@@ -7,6 +7,20 @@
 // CHROMIUM (default /usr/bin/chromium), E2E_SCREENSHOTS (default tests/e2e/screenshots).
 // Rankings are made deterministic by querying with stored content: a stored item's own vector
 // scores 1 and comes first whatever the weights.
+//
+// What each step covers:
+//   collections     pick/create with a model of /v1/models, counts per modality: steps 1-3, 10
+//   upload          many files with progress and per-file status, metadata, modality override: 2;
+//                   text items: 3; files dropped at once and a whole folder (paths, duplicates,
+//                   .npy sent as IMU or depth): 13; per-file server error: 11
+//   search          typed text: 5; a file (the same stored file first): 6; more like this,
+//                   weighted terms with a negative weight, modality and metadata filters: 7;
+//                   a microphone recording encoded as WAV (Chromium's fake microphone): 8
+//   results         previews per modality (image, audio player + waveform, depth/thermal colour
+//                   maps, IMU plots, text snippet, video first frame), score and badge: 4, 13
+//   detail          original link, metadata, zero-shot labels against typed labels: 9
+//   delete          an item from its card, counts updated: 10
+//   states          loading / empty / server error shown in the page: 11, 12; phone width: 14
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -298,23 +312,33 @@ test("browser demo", async (t) => {
     fs.mkdirSync(path.join(folder, "day1"), { recursive: true });
     fs.writeFileSync(path.join(folder, "day1", "diary.txt"), "walked along the river at dawn");
     fs.copyFileSync(files.audio, path.join(folder, "voice.wav"));
+    // NumPy arrays: the page sends [6, T] as IMU and a map as depth.
+    fs.copyFileSync(path.join(fixtures, "imagebind/imu/walk0_6x2000.npy"), path.join(folder, "day1", "walk.npy"));
+    fs.copyFileSync(path.join(fixtures, "imagebind/depth/room0_224x224_m.npy"), path.join(folder, "room.npy"));
     await page.setInputFiles("#folder-input", folder);
     await page.waitForFunction((n) =>
-      document.querySelectorAll('#uploads li[data-state="done"]').length === n, before + 4);
+      document.querySelectorAll('#uploads li[data-state="done"]').length === n, before + 6);
     assert.equal(await page.locator('#uploads .name[title="trip/day1/diary.txt"]').count(), 1);
     // The folder's audio file holds content already stored: reported as a duplicate.
     assert.match(await page.locator("#uploads li", { hasText: "trip/voice.wav" }).textContent(), /duplicate/);
-    await page.waitForFunction(() => document.querySelector("#total")?.textContent === "9");
+    await page.waitForFunction(() => document.querySelector("#total")?.textContent === "11");
+    await page.click("#browse");
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 11);
+    await page.waitForFunction(() => !document.querySelector("#results .loading"));
+    assert.equal(await page.locator("#results .card[data-modality=imu] canvas.imu").count(), 2);
+    assert.equal(await page.locator("#results .card[data-modality=depth] canvas.map").count(), 2);
+    assert.equal(await page.locator("#results .placeholder.error").count(), 0);
+    await shot("08-folder");
   });
 
   await t.test("works at phone width", async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.click("#browse");
-    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 9);
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 11);
     await page.waitForFunction(() => !document.querySelector("#results .loading"));
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
-    await shot("08-phone");
+    await shot("09-phone");
   });
 
   assert.deepEqual(pageErrors, [], "no script errors in the page");
