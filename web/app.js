@@ -198,7 +198,9 @@ async function uploadAll(entries) {
       job.status.replaceChildren(h("span", { class: "error" }, e.message));
     }
   };
-  // Two uploads at a time: the server embeds one batch per model at a time anyway.
+  // One request per file, so that each file gets its own progress and its own error (an
+  // upload request is all or nothing); two at a time, as the server embeds one batch per model
+  // at a time anyway.
   const queue = [...jobs];
   await Promise.all([0, 1].map(async () => {
     while (queue.length) await run(queue.shift());
@@ -374,9 +376,14 @@ function queryTerms() {
   return terms;
 }
 
+// Each search or listing takes a ticket; an answer that arrives after a newer request was made
+// is dropped, so that a slow query never overwrites the results of a later one.
+let ticket = 0;
+
 async function runSearch() {
   const c = state.collection;
   if (!c) return;
+  const mine = ++ticket;
   const terms = queryTerms();
   if (!terms.length) {
     await browse();
@@ -419,6 +426,7 @@ async function runSearch() {
       if (filter) body.filter = filter;
       res = await api.search(c.name, body);
     }
+    if (mine !== ticket) return;
     const ms = Math.round(performance.now() - t0);
     const what = terms.length === 1 ? "the query" : `${terms.length} terms`;
     setStatus(res.hits.length
@@ -426,6 +434,7 @@ async function runSearch() {
       : "No results. Try another query, or remove filters.", res.hits.length ? "" : "empty");
     renderResults(res.hits, true);
   } catch (e) {
+    if (mine !== ticket) return;
     setStatus(`Error: ${e.message}`, "error");
     $("results").replaceChildren();
   } finally {
@@ -433,17 +442,27 @@ async function runSearch() {
   }
 }
 
-async function browse() {
+const PAGE = 60;
+
+async function browse(cursor) {
   const c = state.collection;
   if (!c) return;
+  const mine = ++ticket;
   setStatus("Loading items…", "loading");
   try {
-    const page = await api.items(c.name, 60);
-    setStatus(page.items.length
-      ? `${page.items.length} of ${c.total} items (id order)`
-      : "This collection is empty: add some items on the left.", page.items.length ? "" : "empty");
-    renderResults(page.items, false);
+    const page = await api.items(c.name, PAGE, cursor);
+    if (mine !== ticket) return;
+    const shown = (cursor ? $("results").querySelectorAll(".card").length : 0) + page.items.length;
+    setStatus(shown
+      ? `${shown} of ${c.total} items (id order)`
+      : "This collection is empty: add some items on the left.", shown ? "" : "empty");
+    renderResults(page.items, false, Boolean(cursor));
+    if (page.next_cursor) {
+      $("results").append(h("button", { type: "button", class: "load-more",
+        onclick: (e) => { e.target.remove(); browse(page.next_cursor); } }, "Load more"));
+    }
   } catch (e) {
+    if (mine !== ticket) return;
     setStatus(`Error: ${e.message}`, "error");
   }
 }
@@ -458,8 +477,8 @@ function moreLikeThis(hit) {
   runSearch();
 }
 
-function renderResults(hits, scored) {
-  $("results").replaceChildren(...hits.map((hit) => {
+function renderResults(hits, scored, append = false) {
+  const cards = hits.map((hit) => {
     const box = h("div", { class: "preview", role: "button", tabindex: "0", title: "open",
       onclick: () => openDetail(hit.id),
       onkeydown: (e) => { if (e.key === "Enter") openDetail(hit.id); } });
@@ -477,7 +496,9 @@ function renderResults(hits, scored) {
         h("button", { type: "button", title: "subtract from the query", "aria-label": "subtract from the query",
           onclick: () => addTerm({ kind: "item", id: hit.id, modality: hit.modality, weight: -1 }) }, "−"),
         h("button", { type: "button", class: "danger delete", onclick: () => removeItem(hit.id) }, "Delete")));
-  }));
+  });
+  if (append) $("results").append(...cards);
+  else $("results").replaceChildren(...cards);
 }
 
 async function removeItem(id) {

@@ -21,6 +21,7 @@
 //   detail          original link, metadata, zero-shot labels against typed labels: 9
 //   delete          an item from its card, counts updated: 10
 //   states          loading / empty / server error shown in the page: 11, 12; phone width: 14
+//   browsing        the collection a page at a time: 4, 15
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -339,6 +340,23 @@ test("browser demo", async (t) => {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
     await shot("09-phone");
+  });
+
+  await t.test("browses a larger collection a page at a time", async () => {
+    const texts = Array.from({ length: 55 }, (_, i) => ({ text: `note number ${i}` }));
+    const resp = await fetch(`${base}/v1/collections/demo/items`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ items: texts }),
+    });
+    assert.equal(resp.status, 200);
+    await page.click("#browse");
+    await page.waitForSelector("#results .load-more");
+    assert.equal(await page.locator("#results .card").count(), 60);
+    await page.click("#results .load-more");
+    await page.waitForFunction(() => document.querySelectorAll("#results .card").length === 66);
+    assert.equal(await page.locator("#results .load-more").count(), 0);
+    assert.match(await page.textContent("#status"), /^66 of \d+ items/);
   });
 
   assert.deepEqual(pageErrors, [], "no script errors in the page");
