@@ -209,15 +209,18 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, EmbedError> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// The licence a model card (`README.md` with YAML front matter) declares, if any.
+/// The licence a model card (`README.md`, else `MODEL_CARD.md`, with YAML front matter)
+/// declares, if any.
 pub fn card_license(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
-    let front = text.strip_prefix("---")?.split("\n---").next()?;
-    front.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix("license:")
-            .map(|v| v.trim().trim_matches('"').to_string())
-            .filter(|v| !v.is_empty())
+    ["README.md", "MODEL_CARD.md"].iter().find_map(|name| {
+        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+        let front = text.strip_prefix("---")?.split("\n---").next()?;
+        front.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("license:")
+                .map(|v| v.trim().trim_matches('"').to_string())
+                .filter(|v| !v.is_empty())
+        })
     })
 }
 

@@ -11,6 +11,7 @@ use reqwest::blocking::multipart;
 use serde_json::{json, Value};
 
 use crate::common::fixtures;
+use crate::imagebind_video::zip_of;
 use crate::server::{file_part, hits, TestServer};
 
 const CARD_BEGIN: &str = "<!-- eval-sample:begin -->";
@@ -66,7 +67,7 @@ fn the_model_card_states_what_the_weights_give_on_the_heldout_sample() {
     }
 }
 
-/// Sample items: (hexcode, annotation).
+/// Sample items: hexcode, annotation and the manifest line.
 fn sample_items() -> Vec<(String, String, Value)> {
     std::fs::read_to_string(sample_dir().join("manifest.jsonl"))
         .unwrap()
@@ -92,6 +93,8 @@ const TEXT_TO_IMAGE: &[(&str, &str)] = &[
     ("a picture of a house", "1F3E0"),
 ];
 const AUDIO_TO_IMAGE: &[&str] = &["1F415", "1F695", "26BE"];
+/// Emoji whose still picture, sent as a video (a ZIP of 3 identical frames), must find itself.
+const VIDEO_TO_IMAGE: &[&str] = &["1F415", "1F3E0"];
 /// IMU traces of held-out motion emoji and the caption (among one per motion class) that must
 /// rank first.
 const IMU_TO_TEXT: &[(&str, &str)] = &[
@@ -127,13 +130,16 @@ fn the_default_server_finds_images_from_text_and_sound_and_captions_from_motion(
     assert_eq!(s, 200, "{v}");
     let model = &v["models"][0];
     assert_eq!(model["name"], "default", "{v}");
+    assert_eq!(model["family"], "imagebind", "{v}");
+    assert_eq!(model["dim"], 128, "{v}");
+    assert_eq!(model["license"], "CC-BY-SA-4.0", "{v}");
     let listed: Vec<&str> = model["modalities"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    for m in ["text", "image", "audio", "depth", "thermal", "imu"] {
+    for m in ["text", "image", "video", "audio", "depth", "thermal", "imu"] {
         assert!(listed.contains(&m), "{m} not in {listed:?}");
     }
 
@@ -196,6 +202,15 @@ fn the_default_server_finds_images_from_text_and_sound_and_captions_from_motion(
             .text("modality", "audio");
         let got = top("images", form);
         assert_eq!(got[0].0, *hex, "audio of {hex} -> {got:?}");
+    }
+    for hex in VIDEO_TO_IMAGE {
+        let png = file(hex, "image");
+        let zip = zip_of(&[("f1.png", &png), ("f2.png", &png), ("f3.png", &png)]);
+        let form = multipart::Form::new()
+            .part("file", file_part(zip, "clip.zip"))
+            .text("modality", "video");
+        let got = top("images", form);
+        assert_eq!(got[0].0, *hex, "video of {hex} -> {got:?}");
     }
     for (hex, want) in IMU_TO_TEXT {
         let form = multipart::Form::new()

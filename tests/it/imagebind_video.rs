@@ -179,7 +179,7 @@ fn video_embeddings_match_the_official_model() {
     assert_eq!(one, again);
 }
 
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut buf = Cursor::new(Vec::new());
     {
         let mut w = zip::ZipWriter::new(&mut buf);
