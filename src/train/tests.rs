@@ -820,4 +820,15 @@ fn the_default_model_recipe_and_config_are_valid() {
         .map(|(_, v)| v.elem_count())
         .sum();
     assert!(n * 4 <= 30_000_000, "{n} parameters");
+    // The ablation recipes parse and point at the model's config.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/ablations");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let r = Recipe::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(r.model, std::path::Path::new("../config.json"));
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
 }
