@@ -280,11 +280,6 @@ impl Trainer {
         self.stage
     }
 
-    /// Whether stage 2 freezes or trains the image tower.
-    pub fn image_tower(&self) -> ImageTower {
-        self.image
-    }
-
     /// Steps taken so far (the next step's 0-based index).
     pub fn step_index(&self) -> usize {
         self.step
