@@ -25,18 +25,11 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { here, repo, launchChromium, startServer } from "./harness.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, "../..");
 const fixtures = path.join(repo, "tests/fixtures");
-const bin = process.env.OMNIBIND_BIN
-  || path.join(process.env.CARGO_TARGET_DIR || path.join(repo, "target"), "debug/omnibind");
 const shots = path.resolve(process.env.E2E_SCREENSHOTS || path.join(here, "screenshots"));
 
 const files = {
@@ -50,47 +43,11 @@ const files = {
 const CAPTION = "a red bicycle leaning against a brick wall";
 
 let tmp;
-let server;
+let stopServer;
 let base;
 let browser;
 let page;
 const pageErrors = [];
-
-function startServer() {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "omnibind-e2e-"));
-  const config = path.join(tmp, "config.toml");
-  fs.writeFileSync(config, [
-    "[server]",
-    'listen = "127.0.0.1:0"',
-    `data_dir = ${JSON.stringify(path.join(tmp, "data"))}`,
-    "",
-    "[[models]]",
-    'name = "imagebind"',
-    `path = ${JSON.stringify(path.join(fixtures, "imagebind/models/imagebind-tiny"))}`,
-    'device = "cpu"',
-    "",
-  ].join("\n"));
-  assert.ok(fs.existsSync(bin), `no server binary at ${bin}: run cargo build first`);
-  server = spawn(bin, ["serve", "--config", config], {
-    env: { ...process.env, RUST_LOG: "warn,omnibind=info", NO_COLOR: "1" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  return new Promise((resolve, reject) => {
-    let log = "";
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 120_000);
-    const onData = (d) => {
-      log += d.toString();
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ""));
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    };
-    server.stdout.on("data", onData);
-    server.stderr.on("data", onData);
-    server.on("exit", (code) => reject(new Error(`server exited (${code}):\n${log}`)));
-  });
-}
 
 async function shot(name) {
   const file = path.join(shots, `${name}.png`);
@@ -110,15 +67,16 @@ async function search({ text = "", terms = [] } = {}) {
 before(async () => {
   fs.mkdirSync(shots, { recursive: true });
   console.log(`screenshots: ${shots}`);
-  base = await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    ],
-  });
+  ({ base, tmp, stop: stopServer } = await startServer({
+    tmpPrefix: "omnibind-e2e-",
+    name: "imagebind",
+    modelPath: path.join(fixtures, "imagebind/models/imagebind-tiny"),
+    device: "cpu",
+    timeoutMs: 120_000,
+  }));
+  browser = await launchChromium([
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+  ]);
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   await context.grantPermissions(["microphone"], { origin: base });
   page = await context.newPage();
@@ -128,11 +86,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  if (server && server.exitCode === null) {
-    server.kill("SIGTERM");
-    await new Promise((r) => server.once("exit", r));
-  }
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  await stopServer?.();
 });
 
 test("browser demo", async (t) => {

@@ -7,18 +7,11 @@
 // Environment: OMNIBIND_BIN (default: the debug binary under CARGO_TARGET_DIR or target/),
 // CHROMIUM (default /usr/bin/chromium), DEMO_SCREENSHOT (default docs/demo.png).
 
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { repo, launchChromium, startServer } from "./harness.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, "../..");
 const sample = path.join(repo, "tests/fixtures/openmoji-heldout-sample");
-const bin = process.env.OMNIBIND_BIN
-  || path.join(process.env.CARGO_TARGET_DIR || path.join(repo, "target"), "debug/omnibind");
 const out = path.resolve(process.env.DEMO_SCREENSHOT || path.join(repo, "docs/demo.png"));
 
 const COLLECTION = "emoji";
@@ -36,44 +29,8 @@ const manifest = fs.readFileSync(path.join(sample, "manifest.jsonl"), "utf8")
   .split("\n").filter(Boolean).map((l) => JSON.parse(l));
 const byHex = new Map(manifest.map((m) => [m.hexcode, m]));
 
-let tmp;
-let server;
+let stopServer;
 let browser;
-
-function startServer() {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "omnibind-shot-"));
-  const config = path.join(tmp, "config.toml");
-  fs.writeFileSync(config, [
-    "[server]",
-    'listen = "127.0.0.1:0"',
-    `data_dir = ${JSON.stringify(path.join(tmp, "data"))}`,
-    "",
-    "[[models]]",
-    'name = "default"',
-    `path = ${JSON.stringify(path.join(repo, "models/default"))}`,
-    "",
-  ].join("\n"));
-  if (!fs.existsSync(bin)) throw new Error(`no server binary at ${bin}: run cargo build first`);
-  server = spawn(bin, ["serve", "--config", config], {
-    env: { ...process.env, RUST_LOG: "warn,omnibind=info", NO_COLOR: "1" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  return new Promise((resolve, reject) => {
-    let log = "";
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 300_000);
-    const onData = (d) => {
-      log += d.toString();
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ""));
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    };
-    server.stdout.on("data", onData);
-    server.stderr.on("data", onData);
-    server.on("exit", (code) => reject(new Error(`server exited (${code}):\n${log}`)));
-  });
-}
 
 async function waitReady(base) {
   const deadline = Date.now() + 300_000;
@@ -135,18 +92,19 @@ async function fill(base) {
 }
 
 async function main() {
-  const base = await startServer();
+  const started = await startServer({
+    tmpPrefix: "omnibind-shot-",
+    name: "default",
+    modelPath: path.join(repo, "models/default"),
+    timeoutMs: 300_000,
+  });
+  stopServer = started.stop;
+  const { base } = started;
   await waitReady(base);
   const count = await fill(base);
   console.log(`${count} items in collection ${COLLECTION}`);
 
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
   const page = await context.newPage();
   page.setDefaultTimeout(180_000);
@@ -176,9 +134,5 @@ try {
   await main();
 } finally {
   await browser?.close();
-  if (server && server.exitCode === null) {
-    server.kill("SIGTERM");
-    await new Promise((r) => server.once("exit", r));
-  }
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  await stopServer?.();
 }

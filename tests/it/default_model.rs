@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::common::fixtures;
 use crate::imagebind_video::zip_of;
-use crate::server::{file_part, hits, TestServer};
+use crate::server::{assert_lists_modalities, file_part, hits, TestServer};
 
 const CARD_BEGIN: &str = "<!-- eval-sample:begin -->";
 const CARD_END: &str = "<!-- eval-sample:end -->";
@@ -67,18 +67,14 @@ fn the_model_card_states_what_the_weights_give_on_the_heldout_sample() {
     }
 }
 
-/// Sample items: hexcode, annotation and the manifest line.
-fn sample_items() -> Vec<(String, String, Value)> {
+/// Sample items: hexcode and the manifest line.
+fn sample_items() -> Vec<(String, Value)> {
     std::fs::read_to_string(sample_dir().join("manifest.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["hexcode"].as_str().unwrap().to_string(),
-                v["annotation"].as_str().unwrap().to_string(),
-                v,
-            )
+            (v["hexcode"].as_str().unwrap().to_string(), v)
         })
         .collect()
 }
@@ -127,31 +123,26 @@ fn the_default_server_finds_images_from_text_and_sound_and_captions_from_motion(
     });
     let (s, v) = server.get("/v1/models");
     assert_eq!(s, 200, "{v}");
-    let model = &v["models"][0];
-    assert_eq!(model["name"], "default", "{v}");
-    assert_eq!(model["family"], "imagebind", "{v}");
-    assert_eq!(model["dim"], 128, "{v}");
-    assert_eq!(model["license"], "CC-BY-SA-4.0", "{v}");
-    let listed: Vec<&str> = model["modalities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
-    for m in ["text", "image", "video", "audio", "depth", "thermal", "imu"] {
-        assert!(listed.contains(&m), "{m} not in {listed:?}");
-    }
+    assert_eq!(v["models"].as_array().unwrap().len(), 1, "{v}");
+    let model = server.model("default");
+    assert_eq!(model["family"], "imagebind", "{model}");
+    assert_eq!(model["dim"], 128, "{model}");
+    assert_eq!(model["license"], "CC-BY-SA-4.0", "{model}");
+    assert_lists_modalities(
+        &model,
+        &["text", "image", "video", "audio", "depth", "thermal", "imu"],
+    );
 
     let items = sample_items();
-    for (coll, body) in [("images", "images"), ("captions", "captions")] {
+    for coll in ["images", "captions"] {
         let (s, v) = server.post(
             "/v1/collections",
             &json!({"name": coll, "model": "default"}),
         );
-        assert_eq!(s, 201, "{body}: {v}");
+        assert_eq!(s, 201, "{coll}: {v}");
     }
     let mut form = multipart::Form::new();
-    for (hex, _, v) in &items {
+    for (hex, v) in &items {
         let path = sample_dir().join(v["image"].as_str().unwrap());
         form = form
             .part("file", file_part(std::fs::read(path).unwrap(), "emoji.png"))
@@ -179,7 +170,7 @@ fn the_default_server_finds_images_from_text_and_sound_and_captions_from_motion(
         hits(&v)
     };
     let file = |hex: &str, key: &str| -> Vec<u8> {
-        let (_, _, v) = items.iter().find(|(h, _, _)| h == hex).unwrap();
+        let (_, v) = items.iter().find(|(h, _)| h == hex).unwrap();
         let rel = match &v[key] {
             Value::Array(a) => a[0]
                 .get("path")

@@ -10,7 +10,7 @@ use reqwest::blocking::multipart;
 use serde_json::{json, Value};
 
 use crate::common::{fixtures, load_tensors, read_json};
-use crate::server::{dot, file_part, hits, normalized, TestServer};
+use crate::server::{assert_lists_modalities, dot, file_part, hits, normalized, TestServer};
 
 fn ib() -> PathBuf {
     fixtures().join("imagebind")
@@ -139,25 +139,12 @@ fn every_modality_searches_every_other_as_the_official_vectors_rank() {
             ib().join("models/imagebind-tiny").to_str().unwrap(),
         ));
     });
-    let (s, v) = server.get("/v1/models");
-    assert_eq!(s, 200, "{v}");
-    let model = v["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "imagebind")
-        .unwrap_or_else(|| panic!("{v}"))
-        .clone();
+    let model = server.model("imagebind");
     assert_eq!(model["license"], "CC-BY-NC-SA-4.0", "{model}");
-    let listed: Vec<&str> = model["modalities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
-    for m in ["text", "image", "video", "audio", "depth", "thermal", "imu"] {
-        assert!(listed.contains(&m), "{m} not in {listed:?}");
-    }
+    assert_lists_modalities(
+        &model,
+        &["text", "image", "video", "audio", "depth", "thermal", "imu"],
+    );
     let (s, v) = server.post(
         "/v1/collections",
         &json!({"name": "any", "model": "imagebind"}),

@@ -175,10 +175,37 @@ impl TestServer {
     }
 
     /// `(id, score)` of a JSON search.
+    /// The `/v1/models` entry of the model `name`.
+    pub fn model(&self, name: &str) -> Value {
+        let (s, v) = self.get("/v1/models");
+        assert_eq!(s, 200, "{v}");
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no model {name} in {v}"))
+            .clone()
+    }
+
     pub fn search(&self, coll: &str, body: &Value) -> Vec<(String, f32)> {
         let (s, v) = self.post(&format!("/v1/collections/{coll}/search"), body);
         assert_eq!(s, 200, "{body} -> {v}");
         hits(&v)
+    }
+}
+
+/// Asserts that a `/v1/models` entry lists every one of `modalities`.
+#[track_caller]
+pub fn assert_lists_modalities(model: &Value, modalities: &[&str]) {
+    let listed: Vec<&str> = model["modalities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for m in modalities {
+        assert!(listed.contains(m), "{m} not in {listed:?}");
     }
 }
 
