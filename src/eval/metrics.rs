@@ -41,22 +41,42 @@ pub fn ranking(scores: &[f32]) -> Vec<usize> {
 /// Recall of one query → target retrieval.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recall {
-    /// Items (queries, and targets: query `i` belongs with target `i`).
+    /// Queries.
     pub n: usize,
+    /// Targets every query is ranked against (the gallery).
+    pub gallery: usize,
     /// Recall@1, @5, @10 ([`KS`]): share of queries whose own target ranks in the top k.
     pub at: [f64; 3],
     /// Same with a hit whenever a top-k target has the query's label (only with labels).
     pub label_at: Option<[f64; 3]>,
 }
 
-/// Retrieval where query `i` belongs with target `i`: for each query the targets are ranked by
-/// cosine similarity ([`ranking`]) and recall@k is the share of queries whose own target is in
-/// the top k. With `labels` (one per item), also the share of queries with a target of the
-/// same label in the top k.
-pub fn recall(queries: &[Vec<f32>], targets: &[Vec<f32>], labels: Option<&[String]>) -> Recall {
-    assert_eq!(queries.len(), targets.len(), "one target per query");
+/// Labels of a labelled retrieval: one per query and one per target. A target matches a query
+/// when their labels are equal and not empty (an empty label stands for "no class").
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    pub queries: &'a [String],
+    pub targets: &'a [String],
+}
+
+/// Retrieval where query `i` belongs with target `own[i]`: for each query every target is
+/// ranked by cosine similarity ([`ranking`]) and recall@k is the share of queries whose own
+/// target is in the top k. With `labels`, also the share of queries with a target of the same
+/// label in the top k.
+pub fn recall(
+    queries: &[Vec<f32>],
+    own: &[usize],
+    targets: &[Vec<f32>],
+    labels: Option<Labels<'_>>,
+) -> Recall {
+    assert_eq!(queries.len(), own.len(), "one own target per query");
+    assert!(
+        own.iter().all(|&j| j < targets.len()),
+        "own target out of range"
+    );
     if let Some(l) = labels {
-        assert_eq!(l.len(), queries.len(), "one label per item");
+        assert_eq!(l.queries.len(), queries.len(), "one label per query");
+        assert_eq!(l.targets.len(), targets.len(), "one label per target");
     }
     let n = queries.len();
     let mut hits = [0usize; 3];
@@ -66,20 +86,24 @@ pub fn recall(queries: &[Vec<f32>], targets: &[Vec<f32>], labels: Option<&[Strin
         let order = ranking(&scores);
         let rank = order
             .iter()
-            .position(|&j| j == i)
+            .position(|&j| j == own[i])
             .expect("own target ranked");
         for (h, &k) in hits.iter_mut().zip(&KS) {
             *h += usize::from(rank < k);
         }
-        if let Some(labels) = labels {
+        if let Some(l) = labels {
+            let want = &l.queries[i];
             for (h, &k) in label_hits.iter_mut().zip(&KS) {
-                *h += usize::from(order.iter().take(k).any(|&j| labels[j] == labels[i]));
+                *h += usize::from(
+                    !want.is_empty() && order.iter().take(k).any(|&j| &l.targets[j] == want),
+                );
             }
         }
     }
     let share = |h: [usize; 3]| h.map(|h| if n == 0 { 0.0 } else { h as f64 / n as f64 });
     Recall {
         n,
+        gallery: targets.len(),
         at: share(hits),
         label_at: labels.map(|_| share(label_hits)),
     }
@@ -144,10 +168,30 @@ mod tests {
             .collect()
     }
 
+    /// [`recall`] of paired rows: query `i` belongs with target `i`, and the labels (if any) are
+    /// shared by query and target.
+    fn paired_recall(
+        queries: &[Vec<f32>],
+        targets: &[Vec<f32>],
+        labels: Option<&[String]>,
+    ) -> Recall {
+        assert_eq!(queries.len(), targets.len(), "one target per query");
+        let own: Vec<usize> = (0..queries.len()).collect();
+        recall(
+            queries,
+            &own,
+            targets,
+            labels.map(|l| Labels {
+                queries: l,
+                targets: l,
+            }),
+        )
+    }
+
     #[test]
     fn perfect_retrieval_has_recall_one() {
         let v = basis(12);
-        let r = recall(&v, &v, None);
+        let r = paired_recall(&v, &v, None);
         assert_eq!(r.n, 12);
         assert_eq!(r.at, [1.0, 1.0, 1.0]);
         assert_eq!(r.label_at, None);
@@ -168,14 +212,14 @@ mod tests {
                 q
             })
             .collect();
-        let r = recall(&queries, &targets, None);
+        let r = paired_recall(&queries, &targets, None);
         assert_eq!(r.at[0], 0.5);
         assert_eq!(r.at[1], 1.0);
         assert_eq!(r.at[2], 1.0);
         // Reversed targets: only the middle of an odd count stays in place.
         let v = basis(5);
         let rev: Vec<Vec<f32>> = v.iter().rev().cloned().collect();
-        assert_eq!(recall(&v, &rev, None).at[0], 0.2);
+        assert_eq!(paired_recall(&v, &rev, None).at[0], 0.2);
     }
 
     #[test]
@@ -183,7 +227,7 @@ mod tests {
         assert_eq!(ranking(&[0.5, 0.9, 0.5, 0.9]), [1, 3, 0, 2]);
         // All scores equal: query i has rank i, so recall@1 is 1/n and recall@5 is 5/n.
         let zeros = vec![vec![0.0f32; 3]; 10];
-        let r = recall(&zeros, &zeros, None);
+        let r = paired_recall(&zeros, &zeros, None);
         assert_eq!(r.at, [0.1, 0.5, 1.0]);
         assert_eq!(
             nearest(&[1.0, 0.0], &[vec![0.0, 1.0], vec![0.0, 1.0]]),
@@ -198,9 +242,35 @@ mod tests {
         let targets = basis(3);
         let queries = vec![targets[1].clone(), targets[0].clone(), targets[2].clone()];
         let labels = ["a".to_string(), "a".to_string(), "b".to_string()];
-        let r = recall(&queries, &targets, Some(&labels));
+        let r = paired_recall(&queries, &targets, Some(&labels));
         assert!((r.at[0] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(r.label_at, Some([1.0, 1.0, 1.0]));
+    }
+
+    #[test]
+    fn the_gallery_may_hold_targets_without_a_query() {
+        // Two queries ranked against four targets: query 0 belongs with target 2 and finds it
+        // first; query 1 belongs with target 3 but targets 0 and 1 (no query of their own)
+        // score higher, so its own target is third. Chance is judged on the gallery of four.
+        let targets = basis(4);
+        let queries = vec![vec![0.0, 0.0, 1.0, 0.0], vec![1.0, 0.9, 0.0, 0.5]];
+        let r = recall(&queries, &[2, 3], &targets, None);
+        assert_eq!((r.n, r.gallery), (2, 4));
+        assert_eq!(r.at, [0.5, 1.0, 1.0]);
+        // Labels: target 1 shares query 1's class; unlabelled ("") targets never match, nor
+        // does an unlabelled query.
+        let q = ["".to_string(), "run".to_string()];
+        let t = ["".into(), "run".into(), "".into(), "run".into()];
+        let labelled = recall(
+            &queries,
+            &[2, 3],
+            &targets,
+            Some(Labels {
+                queries: &q,
+                targets: &t,
+            }),
+        );
+        assert_eq!(labelled.label_at, Some([0.0, 0.5, 0.5]));
     }
 
     #[test]

@@ -126,8 +126,10 @@ pub struct PairResult {
     pub query: Modality,
     pub target: Modality,
     pub emergent: bool,
-    /// Items having both modalities.
+    /// Queries: items having both modalities.
     pub n: usize,
+    /// Gallery: items having the target modality, all ranked for every query.
+    pub gallery: usize,
     pub r_at_1: f64,
     pub r_at_5: f64,
     pub r_at_10: f64,
@@ -278,30 +280,40 @@ pub fn evaluate(encoder: &dyn Encoder, opts: &EvalOptions) -> Result<Report> {
                 continue;
             }
             let (qv, tv) = (&vectors[&q], &vectors[&t]);
-            let both: Vec<usize> = (0..items.len())
-                .filter(|&i| qv[i].is_some() && tv[i].is_some())
-                .collect();
-            if both.is_empty() {
+            // The gallery: every item with the target modality. The queries: those of its
+            // items that also have the query modality.
+            let gallery: Vec<usize> = (0..items.len()).filter(|&i| tv[i].is_some()).collect();
+            let (mut queries, mut own) = (Vec::new(), Vec::new());
+            for (j, &i) in gallery.iter().enumerate() {
+                if let Some(v) = &qv[i] {
+                    queries.push(v.clone());
+                    own.push(j);
+                }
+            }
+            if queries.is_empty() {
                 continue;
             }
-            let queries: Vec<Vec<f32>> = both.iter().map(|&i| qv[i].clone().unwrap()).collect();
-            let targets: Vec<Vec<f32>> = both.iter().map(|&i| tv[i].clone().unwrap()).collect();
-            let classes: Option<Vec<String>> =
-                (q == Modality::Imu || t == Modality::Imu).then(|| {
-                    both.iter()
-                        .map(|&i| items[i].imu_class.clone().unwrap_or_default())
-                        .collect()
-                });
-            let r = metrics::recall(&queries, &targets, classes.as_deref());
+            let targets: Vec<Vec<f32>> = gallery.iter().map(|&i| tv[i].clone().unwrap()).collect();
+            // IMU pairs are also scored by motion class (items without IMU have none).
+            let imu = q == Modality::Imu || t == Modality::Imu;
+            let class = |i: usize| items[i].imu_class.clone().unwrap_or_default();
+            let query_classes: Vec<String> = own.iter().map(|&j| class(gallery[j])).collect();
+            let target_classes: Vec<String> = gallery.iter().map(|&i| class(i)).collect();
+            let labels = imu.then_some(metrics::Labels {
+                queries: &query_classes,
+                targets: &target_classes,
+            });
+            let r = metrics::recall(&queries, &own, &targets, labels);
             retrieval.push(PairResult {
                 query: q,
                 target: t,
                 emergent: !metrics::trained_pair(q, t),
                 n: r.n,
+                gallery: r.gallery,
                 r_at_1: r.at[0],
                 r_at_5: r.at[1],
                 r_at_10: r.at[2],
-                chance_at_10: metrics::chance_at(10, r.n),
+                chance_at_10: metrics::chance_at(10, r.gallery),
                 class_r_at: r.label_at,
             });
         }

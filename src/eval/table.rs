@@ -11,19 +11,20 @@ fn f(x: f64) -> String {
 /// The retrieval table: one row per query → target pair, in report order.
 pub fn retrieval(rows: &[PairResult]) -> String {
     let mut s = String::from(
-        "| query → target | R@1 | R@5 | R@10 | N | chance@10 | emergent | IMU class R@1 |\n\
-         |---|---:|---:|---:|---:|---:|:---:|---:|\n",
+        "| query → target | R@1 | R@5 | R@10 | queries | gallery | chance@10 | emergent | IMU class R@1 |\n\
+         |---|---:|---:|---:|---:|---:|---:|:---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} → {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} → {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.query,
             r.target,
             f(r.r_at_1),
             f(r.r_at_5),
             f(r.r_at_10),
             r.n,
+            r.gallery,
             f(r.chance_at_10),
             if r.emergent { "yes" } else { "" },
             r.class_r_at.map_or("–".to_owned(), |c| f(c[0])),
@@ -100,6 +101,7 @@ mod tests {
                 target: Modality::Text,
                 emergent: false,
                 n: 4,
+                gallery: 4,
                 r_at_1: 0.5,
                 r_at_5: 1.0,
                 r_at_10: 1.0,
@@ -111,6 +113,7 @@ mod tests {
                 target: Modality::Audio,
                 emergent: true,
                 n: 3,
+                gallery: 9,
                 r_at_1: 1.0 / 3.0,
                 r_at_5: 1.0,
                 r_at_10: 1.0,
@@ -123,15 +126,16 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(
             lines[0],
-            "| query → target | R@1 | R@5 | R@10 | N | chance@10 | emergent | IMU class R@1 |"
+            "| query → target | R@1 | R@5 | R@10 | queries | gallery | chance@10 | emergent | \
+             IMU class R@1 |"
         );
         assert_eq!(
             lines[2],
-            "| image → text | 0.500 | 1.000 | 1.000 | 4 | 1.000 |  | – |"
+            "| image → text | 0.500 | 1.000 | 1.000 | 4 | 4 | 1.000 |  | – |"
         );
         assert_eq!(
             lines[3],
-            "| imu → audio | 0.333 | 1.000 | 1.000 | 3 | 1.000 | yes | 0.667 |"
+            "| imu → audio | 0.333 | 1.000 | 1.000 | 3 | 9 | 1.000 | yes | 0.667 |"
         );
         let c = classification(
             &[ClassResult {

@@ -78,18 +78,21 @@ fn evaluates_every_pair_and_modality_of_the_mini_data() {
         ]
     );
 
-    // No audio in the data: 5 modalities, 20 ordered pairs, in table order.
-    let pairs: Vec<(Modality, Modality, usize, bool)> = report
+    // No audio in the data: 5 modalities, 20 ordered pairs, in table order. Queries: the items
+    // with both modalities; gallery: every item with the target modality (IMU queries are
+    // ranked against all 7 captions, not only the 4 of the motion items).
+    let pairs: Vec<(Modality, Modality, usize, usize, bool)> = report
         .retrieval
         .iter()
-        .map(|r| (r.query, r.target, r.n, r.emergent))
+        .map(|r| (r.query, r.target, r.n, r.gallery, r.emergent))
         .collect();
     assert_eq!(pairs.len(), 20);
-    assert_eq!(pairs[0], (Image, Text, 7, false));
-    assert_eq!(pairs[3], (Image, Imu, 4, false));
-    assert_eq!(pairs[4], (Text, Image, 7, false));
-    assert_eq!(pairs[5], (Text, Depth, 7, true));
-    assert_eq!(pairs[19], (Imu, Thermal, 4, true));
+    assert_eq!(pairs[0], (Image, Text, 7, 7, false));
+    assert_eq!(pairs[3], (Image, Imu, 4, 4, false));
+    assert_eq!(pairs[4], (Text, Image, 7, 7, false));
+    assert_eq!(pairs[5], (Text, Depth, 7, 7, true));
+    assert_eq!(pairs[16], (Imu, Image, 4, 7, false));
+    assert_eq!(pairs[19], (Imu, Thermal, 4, 7, true));
     for r in &report.retrieval {
         assert!(
             in_unit(r.r_at_1) && in_unit(r.r_at_5) && in_unit(r.r_at_10),
