@@ -5,6 +5,7 @@
 //! [`PERSIST_INTERVAL`] and at shutdown so that the next start loads instead of rebuilding.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +19,23 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::api::auth::Keys;
 use crate::api::metrics::Metrics;
+use crate::api::ratelimit::Limiter;
 use crate::api::{self, ApiError};
 use crate::config::Settings;
 use crate::engine::Engine;
 
 /// How often index dumps are written while serving.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the rate limiter forgets idle clients.
+const LIMITER_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What every handler shares; cloning copies a few `Arc`s.
 #[derive(Clone)]
@@ -37,13 +43,27 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The API keys (digests), from `settings.auth`.
+    pub keys: Arc<Keys>,
+    /// The rate limiter of the API routes, when `server.rate_limit_per_s` is set.
+    pub limiter: Option<Arc<Limiter>>,
     ready: Arc<AtomicBool>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
+        let keys = Arc::new(Keys::new(&settings.auth));
+        let server = &settings.server;
+        let limiter = Limiter::new(
+            server.rate_limit_per_s,
+            server.rate_limit_burst,
+            keys.clone(),
+        )
+        .map(Arc::new);
         AppState {
             engine,
+            keys,
+            limiter,
             settings: Arc::new(settings),
             metrics: Arc::new(Metrics::default()),
             ready: Arc::new(AtomicBool::new(true)),
@@ -90,9 +110,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/embed", post(api::embed::embed.layer(upload)))
         .route("/v1/classify", post(api::embed::classify.layer(upload)))
+        .route("/metrics", get(api::health::metrics))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::health::metrics))
         .route("/openapi.json", get(api::openapi::spec))
         .route("/", get(api::web::index))
         .route("/assets/{file}", get(api::web::asset))
@@ -101,11 +121,35 @@ pub fn router(state: AppState) -> Router {
     with_middleware(routes, &state).with_state(state)
 }
 
+/// CORS for the configured origins only (`server.cors_origins`); none: no CORS layer at all
+/// (no `Access-Control-*` headers, preflights answered like any other request), so browsers
+/// keep other sites out.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600));
+    Some(layer)
+}
+
 /// The middleware every route gets, outermost first: `X-Content-Type-Options: nosniff` on
-/// every answer; metrics by route template; panics become `500 internal_error`;
-/// `Authorization` is hidden from logs; tracing; any error
-/// answer produced without the API's body (timeouts, limits) gets it; `408` after
-/// `server.request_timeout_s`; bodies up to `server.body_limit` (upload routes raise it).
+/// every answer; CORS for the configured origins; metrics by route template; panics become
+/// `500 internal_error`; `Authorization` is hidden from logs; tracing; the rate limit
+/// ([`api::ratelimit::limit`]); API keys ([`api::auth::require`]); any error answer produced without the API's body (timeouts,
+/// limits) gets it; `408` after `server.request_timeout_s`; bodies up to `server.body_limit`
+/// (upload routes raise it).
 pub fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     let server = &state.settings.server;
     let timeout = Duration::from_secs(server.request_timeout_s.max(1));
@@ -115,6 +159,7 @@ pub fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<App
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ))
+            .option_layer(cors(&server.cors_origins))
             .layer(middleware::from_fn_with_state(
                 state.clone(),
                 api::metrics::track,
@@ -124,6 +169,14 @@ pub fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<App
                 header::AUTHORIZATION,
             ]))
             .layer(TraceLayer::new_for_http())
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                api::ratelimit::limit,
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                api::auth::require,
+            ))
             .layer(middleware::from_fn(error_bodies))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
@@ -215,8 +268,19 @@ where
             }
         })
     };
+    let forgetter = state.limiter.clone().map(|limiter| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LIMITER_CLEANUP_INTERVAL);
+            loop {
+                tick.tick().await;
+                limiter.forget_idle();
+            }
+        })
+    });
     let ready = state.ready.clone();
-    let app = router(state.clone());
+    // Peer addresses reach the handlers (the rate limiter keys callers without an API key by
+    // them).
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -225,6 +289,9 @@ where
         })
         .await;
     stop.notify_one();
+    if let Some(f) = forgetter {
+        f.abort();
+    }
     let _ = persister.await;
     persist(&state.engine).await;
     tracing::info!("index dumps written");
@@ -244,8 +311,8 @@ mod tests {
         let mut settings = Settings::load(
             None,
             &Overrides {
-                listen: None,
                 data_dir: Some(dir.to_path_buf()),
+                ..Default::default()
             },
         )
         .unwrap();

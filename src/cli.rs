@@ -370,6 +370,10 @@ pub struct ServeArgs {
     /// Data directory (overrides server.data_dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Listen on a non-loopback address although no API key is configured: anyone who can
+    /// reach the port may read and change everything (sets auth.allow_unauthenticated_remote).
+    #[arg(long)]
+    pub allow_unauthenticated_remote: bool,
 }
 
 /// `omnibind serve`: loads the configuration and models, opens the data directory and serves
@@ -378,6 +382,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
+        allow_unauthenticated_remote: args.allow_unauthenticated_remote,
     };
     let settings = Settings::load(args.config.as_deref(), &overrides)?;
     let t = Instant::now();
@@ -403,6 +408,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
+        let auth = &settings.auth;
+        if auth.enabled() {
+            tracing::info!(
+                read_key = auth.read_key.is_some(),
+                "API keys required on /v1 and /metrics"
+            );
+        } else if addr.ip().is_loopback() {
+            tracing::warn!(
+                "no API key configured: the API is open to anyone on this machine, so the \
+                 server listens on the loopback address only (set auth.admin_key to serve others)"
+            );
+        } else {
+            tracing::warn!(
+                "no API key configured and listening on {addr}: anyone who can reach it may \
+                 read and change everything (--allow-unauthenticated-remote)"
+            );
+        }
         let state = AppState::new(std::sync::Arc::new(engine), settings);
         app::run(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
@@ -459,12 +481,17 @@ pub struct SearchArgs {
     /// Base URL of the server.
     #[arg(long, env = "OMNIBIND_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// API key sent as `Authorization: Bearer <key>` (prefer the environment variable).
+    #[arg(long, env = "OMNIBIND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// A blocking client of the HTTP API.
 struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Authorization` header value, if a key was given.
+    auth: Option<String>,
 }
 
 /// An error answer of the server, or a transport failure.
@@ -496,8 +523,11 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl Client {
-    fn new(base: &str) -> Self {
+    fn new(base: &str, api_key: Option<&str>) -> Self {
         Client {
+            auth: api_key
+                .filter(|k| !k.is_empty())
+                .map(|k| format!("Bearer {k}")),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(10))
                 .timeout_read(Duration::from_secs(600))
@@ -538,18 +568,26 @@ impl Client {
         }
     }
 
+    /// A request with the `Authorization` header when a key was given.
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let r = self.agent.request(method, &self.url(path));
+        match &self.auth {
+            Some(a) => r.set("Authorization", a),
+            None => r,
+        }
+    }
+
     fn get(&self, path: &str) -> Result<Value, CallError> {
-        self.answer(self.agent.get(&self.url(path)).call())
+        self.answer(self.request("GET", path).call())
     }
 
     fn post_json(&self, path: &str, body: &Value) -> Result<Value, CallError> {
-        self.answer(self.agent.post(&self.url(path)).send_json(body))
+        self.answer(self.request("POST", path).send_json(body))
     }
 
     fn post_form(&self, path: &str, form: &Form) -> Result<Value, CallError> {
         self.answer(
-            self.agent
-                .post(&self.url(path))
+            self.request("POST", path)
                 .set("Content-Type", &form.content_type())
                 .send_bytes(&form.body()),
         )
@@ -619,7 +657,7 @@ fn collection_path(name: &str) -> String {
 
 /// `omnibind search`: asks a running server and prints the hits as a table.
 pub fn search(args: SearchArgs) -> Result<()> {
-    let client = Client::new(&args.server);
+    let client = Client::new(&args.server, args.api_key.as_deref());
     let path = format!("{}/search", collection_path(&args.collection));
     let filter: Option<Value> = args
         .filter
@@ -717,6 +755,9 @@ pub struct IngestArgs {
     /// Base URL of the server.
     #[arg(long, env = "OMNIBIND_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// API key sent as `Authorization: Bearer <key>` (prefer the environment variable).
+    #[arg(long, env = "OMNIBIND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Files and folders (walked recursively; hidden files and folders are skipped).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -796,7 +837,7 @@ fn upload(client: &Client, path: &str, batch: &[(PathBuf, u64)]) -> Result<Vec<V
 /// already holds is reported as a duplicate and not stored again, so rerunning after an
 /// interruption resumes where it stopped.
 pub fn ingest(args: IngestArgs) -> Result<IngestSummary> {
-    let client = Client::new(&args.server);
+    let client = Client::new(&args.server, args.api_key.as_deref());
     let cpath = collection_path(&args.collection);
     match client.get(&cpath) {
         Ok(_) => {}
@@ -860,7 +901,13 @@ pub fn ingest(args: IngestArgs) -> Result<IngestSummary> {
                 bar.abandon();
                 bail!("{m}");
             }
-            Err(e @ CallError::Status { status: 404, .. }) => {
+            // No collection, or a key that may not upload: no file would fare better.
+            Err(
+                e @ CallError::Status {
+                    status: 401 | 403 | 404,
+                    ..
+                },
+            ) => {
                 bar.abandon();
                 bail!("{e}");
             }

@@ -19,6 +19,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub embed: EmbedSettings,
     pub index: IndexSettings,
+    pub auth: AuthSettings,
     #[serde(default)]
     pub models: Vec<ModelSpec>,
 }
@@ -36,6 +37,82 @@ pub struct ServerSettings {
     pub upload_limit: usize,
     /// Seconds before a request is answered 408.
     pub request_timeout_s: u64,
+    /// Origins allowed to call the API from a browser (CORS); empty: CORS off.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Requests per second per client (API key, or address without one) on the API routes;
+    /// 0: no limit.
+    #[serde(default)]
+    pub rate_limit_per_s: f64,
+    /// Requests a client may send at once before the rate applies.
+    #[serde(default = "default_burst")]
+    pub rate_limit_burst: u32,
+}
+
+fn default_burst() -> u32 {
+    50
+}
+
+/// Shortest API key accepted.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// API keys. Either key unset (or empty) means that key does not exist; with neither, every
+/// route is open and the server only listens on a loopback address unless
+/// `allow_unauthenticated_remote` says otherwise.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Full access: create and delete collections, upload and delete items, and everything the
+    /// read key may do.
+    #[serde(default, deserialize_with = "key")]
+    pub admin_key: Option<String>,
+    /// Read-only access: list, get, search, embed and classify.
+    #[serde(default, deserialize_with = "key")]
+    pub read_key: Option<String>,
+    /// Listen on a non-loopback address with no key configured.
+    #[serde(default)]
+    pub allow_unauthenticated_remote: bool,
+}
+
+impl AuthSettings {
+    /// Whether any key is configured (and so every API route needs one).
+    pub fn enabled(&self) -> bool {
+        self.admin_key.is_some() || self.read_key.is_some()
+    }
+}
+
+/// Keys are never printed, not even in debug output.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |k: &Option<String>| k.as_ref().map(|_| "<set>");
+        f.debug_struct("AuthSettings")
+            .field("admin_key", &shown(&self.admin_key))
+            .field("read_key", &shown(&self.read_key))
+            .field(
+                "allow_unauthenticated_remote",
+                &self.allow_unauthenticated_remote,
+            )
+            .finish()
+    }
+}
+
+/// A key from the configuration: a string (an all-digit key from the environment arrives as a
+/// number); empty means unset.
+fn key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    let s = match Option::<Raw>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Raw::Text(s)) => s,
+        Some(Raw::Unsigned(n)) => n.to_string(),
+        Some(Raw::Signed(n)) => n.to_string(),
+    };
+    Ok((!s.is_empty()).then_some(s))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -61,6 +138,8 @@ pub struct IndexSettings {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// `--allow-unauthenticated-remote`.
+    pub allow_unauthenticated_remote: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +176,9 @@ impl Settings {
         if let Some(dir) = &overrides.data_dir {
             fig = fig.merge(("server.data_dir", dir.display().to_string()));
         }
+        if overrides.allow_unauthenticated_remote {
+            fig = fig.merge(("auth.allow_unauthenticated_remote", true));
+        }
         let s: Settings = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -118,6 +200,19 @@ impl Settings {
         {
             return bad("index.m must be in 2..=255 and ef values at least 1");
         }
+        let rate = self.server.rate_limit_per_s;
+        if !(0.0..=1e6).contains(&rate) || self.server.rate_limit_burst == 0 {
+            return bad("server.rate_limit_per_s must be in 0..=1000000 and server.rate_limit_burst at least 1");
+        }
+        self.validate_auth()?;
+        for origin in &self.server.cors_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.cors_origins: `{origin}` is not an origin (scheme://host[:port], \
+                     no path, no wildcard)"
+                )));
+            }
+        }
         let mut names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
@@ -125,6 +220,61 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// Keys long enough, distinct, without spaces; a read key only beside an admin key; and no
+    /// open server on a non-loopback address unless asked for.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        for (name, k) in [("admin_key", &auth.admin_key), ("read_key", &auth.read_key)] {
+            let Some(k) = k else { continue };
+            if k.chars().count() < MIN_KEY_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.{name} must be at least {MIN_KEY_LEN} characters long"
+                )));
+            }
+            if !k.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.{name} may only hold printable ASCII characters without spaces"
+                )));
+            }
+        }
+        match (&auth.admin_key, &auth.read_key) {
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "auth.read_key is set without auth.admin_key: nobody could change any data"
+                        .into(),
+                ))
+            }
+            (Some(a), Some(r)) if a == r => {
+                return Err(ConfigError::Invalid(
+                    "auth.admin_key and auth.read_key must differ".into(),
+                ))
+            }
+            _ => {}
+        }
+        let ip = self.server.listen.ip();
+        if !auth.enabled() && !ip.is_loopback() && !auth.allow_unauthenticated_remote {
+            return Err(ConfigError::Invalid(format!(
+                "server.listen is {}, which other machines can reach, and no API key is \
+                 configured: set auth.admin_key (and auth.read_key), or listen on 127.0.0.1, or \
+                 allow an open server with auth.allow_unauthenticated_remote = true \
+                 (--allow-unauthenticated-remote)",
+                self.server.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_graphic())
+        && !rest.contains(['/', '*', '?', '#', '@'])
 }
 
 #[cfg(test)]
@@ -161,6 +311,105 @@ mod tests {
             assert_eq!(s.server.data_dir, PathBuf::from("/cli"));
             Ok(())
         });
+    }
+
+    /// The defaults without the environment (other tests set variables in a `Jail`).
+    fn load_clean(o: &Overrides) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(None, o, Env::prefixed("OMNIBIND_UNUSED_IN_TESTS__"))
+    }
+
+    fn with(edit: impl FnOnce(&mut Settings)) -> Result<(), ConfigError> {
+        let mut s = load_clean(&Overrides::default()).unwrap();
+        edit(&mut s);
+        s.validate()
+    }
+
+    #[test]
+    fn api_keys_are_checked() {
+        let admin = "a".repeat(MIN_KEY_LEN);
+        let read = "r".repeat(MIN_KEY_LEN);
+        assert!(with(|s| s.auth.admin_key = Some(admin.clone())).is_ok());
+        assert!(with(|s| {
+            s.auth.admin_key = Some(admin.clone());
+            s.auth.read_key = Some(read.clone());
+        })
+        .is_ok());
+        let err = |e: Result<(), ConfigError>| e.unwrap_err().to_string();
+        assert!(err(with(|s| s.auth.admin_key = Some("short".into()))).contains("at least 16"));
+        assert!(err(with(|s| s.auth.admin_key = Some(format!("{admin} x")))).contains("printable"));
+        assert!(err(with(|s| s.auth.read_key = Some(read.clone()))).contains("without"));
+        assert!(err(with(|s| {
+            s.auth.admin_key = Some(admin.clone());
+            s.auth.read_key = Some(admin.clone());
+        }))
+        .contains("differ"));
+        // Keys never show in debug output.
+        let mut s = load_clean(&Overrides::default()).unwrap();
+        s.auth.admin_key = Some(admin.clone());
+        assert!(!format!("{s:?}").contains(&admin));
+    }
+
+    #[test]
+    fn an_open_server_listens_on_loopback_unless_told_otherwise() {
+        let remote: SocketAddr = "0.0.0.0:6600".parse().unwrap();
+        let e = with(|s| s.server.listen = remote).unwrap_err().to_string();
+        assert!(
+            e.contains("no API key") && e.contains("allow_unauthenticated_remote"),
+            "{e}"
+        );
+        assert!(with(|s| {
+            s.server.listen = remote;
+            s.auth.allow_unauthenticated_remote = true;
+        })
+        .is_ok());
+        assert!(with(|s| {
+            s.server.listen = remote;
+            s.auth.admin_key = Some("k".repeat(MIN_KEY_LEN));
+        })
+        .is_ok());
+        assert!(with(|s| s.server.listen = "[::1]:6600".parse().unwrap()).is_ok());
+        let o = Overrides {
+            listen: Some(remote),
+            allow_unauthenticated_remote: true,
+            ..Default::default()
+        };
+        assert!(load_clean(&o).unwrap().auth.allow_unauthenticated_remote);
+        assert!(load_clean(&Overrides {
+            listen: Some(remote),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn keys_and_origins_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OMNIBIND__AUTH__ADMIN_KEY", "1234567890123456");
+            jail.set_env("OMNIBIND__AUTH__READ_KEY", "read-key-abcdefgh");
+            jail.set_env(
+                "OMNIBIND__SERVER__CORS_ORIGINS",
+                "[\"https://app.example\", \"http://localhost:8080\"]",
+            );
+            let s = Settings::load(None, &Overrides::default()).unwrap();
+            assert_eq!(s.auth.admin_key.as_deref(), Some("1234567890123456"));
+            assert_eq!(s.auth.read_key.as_deref(), Some("read-key-abcdefgh"));
+            assert_eq!(s.server.cors_origins.len(), 2);
+            jail.set_env(
+                "OMNIBIND__SERVER__CORS_ORIGINS",
+                "[\"https://a.example/path\"]",
+            );
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("not an origin"), "{e}");
+            jail.set_env("OMNIBIND__SERVER__CORS_ORIGINS", "[\"*\"]");
+            assert!(Settings::load(None, &Overrides::default()).is_err());
+            Ok(())
+        });
+        assert!(load_clean(&Overrides::default())
+            .unwrap()
+            .auth
+            .admin_key
+            .is_none());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-// The REST API of omnibind, as the page uses it. Every call goes through `call`, which turns
-// the server's error body {"error":{"code","message"}} into an ApiError carrying that message.
+// The REST API of omnibind, as the page uses it. Every call goes through `send`, which adds the
+// API key (if the server wants one: it is asked for on the first 401 and kept for the browser
+// tab in sessionStorage), and `call` turns the server's error body
+// {"error":{"code","message"}} into an ApiError carrying that message.
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -24,6 +26,55 @@ async function errorOf(resp) {
   return new ApiError(resp.status, code, message);
 }
 
+const KEY_STORE = "omnibind.apiKey";
+let apiKey = sessionStorage.getItem(KEY_STORE) || "";
+let askKey = null;
+
+/// `ask(message)` is called when the server answers 401; it resolves to a key to retry with,
+/// or null to give up (the call then fails with the server's error).
+export function onKeyNeeded(ask) {
+  askKey = ask;
+}
+
+/// Keeps `key` for this browser tab; an empty key forgets it.
+export function setKey(key) {
+  apiKey = key || "";
+  if (apiKey) sessionStorage.setItem(KEY_STORE, apiKey);
+  else sessionStorage.removeItem(KEY_STORE);
+}
+
+export const hasKey = () => apiKey !== "";
+
+function withKey(headers = {}) {
+  const out = { ...headers };
+  if (apiKey) out.Authorization = `Bearer ${apiKey}`;
+  return out;
+}
+
+/// A 401 answer: asks for a key (when the page can) and says whether to try again.
+async function retryWithKey(error, attempt) {
+  if (error.status !== 401 || !askKey || attempt >= 3) return false;
+  const key = await askKey(error.message);
+  if (key === null || key === undefined) return false;
+  setKey(key);
+  return true;
+}
+
+/// fetch with the key, asking for one on 401.
+async function send(url, init) {
+  for (let attempt = 0; ; attempt++) {
+    let resp;
+    try {
+      resp = await fetch(url, { ...init, headers: withKey(init.headers) });
+    } catch (e) {
+      throw new ApiError(0, "network", `the server could not be reached (${e.message})`);
+    }
+    if (resp.status !== 401) return resp;
+    const error = await errorOf(resp);
+    if (!(await retryWithKey(error, attempt))) throw error;
+  }
+}
+
 async function call(method, path, body) {
   const init = { method, headers: {} };
   if (body instanceof FormData) {
@@ -32,12 +83,7 @@ async function call(method, path, body) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  let resp;
-  try {
-    resp = await fetch(path, init);
-  } catch (e) {
-    throw new ApiError(0, "network", `the server could not be reached (${e.message})`);
-  }
+  const resp = await send(path, init);
   if (!resp.ok) throw await errorOf(resp);
   if (resp.status === 204) return null;
   return resp.json();
@@ -65,22 +111,28 @@ export const classifyForm = (form) => call("POST", "/v1/classify", form);
 
 /// The original bytes of an item, with their stored type.
 export async function content(url) {
-  let resp;
-  try {
-    resp = await fetch(url);
-  } catch (e) {
-    throw new ApiError(0, "network", `the server could not be reached (${e.message})`);
-  }
+  const resp = await send(url, { method: "GET" });
   if (!resp.ok) throw await errorOf(resp);
   const type = (resp.headers.get("Content-Type") || "").split(";")[0].trim();
   return { type, bytes: await resp.arrayBuffer() };
 }
 
 /// Uploads one multipart form with progress reports (fetch cannot report upload progress).
-export function upload(name, form, onProgress) {
+export async function upload(name, form, onProgress) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await uploadOnce(name, form, onProgress);
+    } catch (error) {
+      if (!(await retryWithKey(error, attempt))) throw error;
+    }
+  }
+}
+
+function uploadOnce(name, form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `${coll(name)}/items`);
+    for (const [k, v] of Object.entries(withKey())) xhr.setRequestHeader(k, v);
     xhr.responseType = "json";
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) onProgress(e.loaded / e.total);

@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { filesOfEntry, guessModality, startRecording } from "./media.js";
-import { h, preview } from "./render.js";
+import { h, objectUrl, preview } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 const MODALITY_ORDER = ["image", "text", "audio", "video", "depth", "thermal", "imu", "vector"];
@@ -29,6 +29,55 @@ function setStatus(text, kind = "") {
 }
 
 const modelOf = (name) => state.models.find((m) => m.name === name);
+
+// ---------------------------------------------------------------- API key
+
+// One key dialog at a time: calls that meet a 401 while it is open wait for the same answer.
+let keyAnswer = null;
+let keyResolve = null;
+
+function askForKey(message) {
+  if (keyAnswer) return keyAnswer;
+  keyAnswer = new Promise((resolve) => {
+    keyResolve = resolve;
+    $("key-message").textContent = message;
+    $("key-input").value = "";
+    $("key-dialog").showModal();
+    $("key-input").focus();
+  });
+  return keyAnswer;
+}
+
+function answerKey(key) {
+  const resolve = keyResolve;
+  keyAnswer = null;
+  keyResolve = null;
+  if ($("key-dialog").open) $("key-dialog").close();
+  if (resolve) resolve(key);
+  $("key-button").hidden = !api.hasKey() && key === null;
+}
+
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = $("key-input").value.trim();
+  if (key) answerKey(key);
+});
+$("key-cancel").addEventListener("click", () => answerKey(null));
+$("key-dialog").addEventListener("cancel", (e) => {
+  e.preventDefault();
+  answerKey(null);
+});
+$("key-button").addEventListener("click", async () => {
+  api.setKey("");
+  showBanner("");
+  try {
+    await loadCollections(state.collection && state.collection.name);
+  } catch (e) {
+    showBanner(e.message);
+  }
+});
+api.onKeyNeeded(askForKey);
+$("key-button").hidden = !api.hasKey();
 
 // ---------------------------------------------------------------- collections
 
@@ -518,6 +567,31 @@ async function removeItem(id) {
 
 // ---------------------------------------------------------------- detail and labels
 
+// Types a browser tab may show from an object URL; anything else is downloaded, never rendered
+// (an HTML or SVG file opened from the page's origin could run script there).
+const SHOWN_TYPES = /^(image\/(png|jpeg|gif|webp|tiff)|audio\/[a-z0-9.+-]+|text\/plain)(;|$)/;
+let originalUrl = null;
+
+/// "Open original": the item's bytes fetched with the API key, behind an object URL.
+async function setOriginalLink(item) {
+  const open = $("detail-open");
+  if (originalUrl) URL.revokeObjectURL(originalUrl);
+  originalUrl = null;
+  open.removeAttribute("href");
+  open.removeAttribute("download");
+  open.hidden = !item.content_url;
+  if (!item.content_url) return;
+  try {
+    const { type, bytes } = await api.content(item.content_url);
+    const shown = SHOWN_TYPES.test(type);
+    originalUrl = objectUrl(bytes, shown ? type : "application/octet-stream");
+    open.href = originalUrl;
+    if (!shown) open.download = item.id;
+  } catch {
+    open.hidden = true;
+  }
+}
+
 async function openDetail(id) {
   const c = state.collection;
   const dlg = $("detail");
@@ -527,9 +601,7 @@ async function openDetail(id) {
     const item = await api.item(c.name, id);
     state.detail = item;
     $("detail-title").replaceChildren(h("span", { class: `badge m-${item.modality}` }, item.modality), ` ${item.id}`);
-    const open = $("detail-open");
-    open.hidden = !item.content_url;
-    if (item.content_url) open.href = item.content_url;
+    setOriginalLink(item);
     const info = [
       ["type", item.content_type || (item.text !== undefined ? "text" : "vector")],
       ["size", `${item.content_len} bytes`],

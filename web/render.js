@@ -1,6 +1,7 @@
 // Previews of stored items, one per modality: image thumbnails, audio player and waveform,
 // depth and thermal maps through colour maps, IMU as six line plots, text snippets, the first
-// frame of a video. Each preview fetches the item's original from its `content_url`.
+// frame of a video. Each preview fetches the item's original from its `content_url` (with the
+// API key, through api.js) and shows it from an object URL.
 
 import * as api from "./api.js";
 import { COLOUR_MAPS, drawColourMap, firstFrame, imuChannels, parseNpy } from "./media.js";
@@ -32,10 +33,6 @@ export async function preview(box, item, large = false) {
     box.append(h("div", { class: "placeholder" }, "vector (no content)"));
     return;
   }
-  if (item.modality === "image") {
-    box.append(h("img", { src: item.content_url, alt: `image ${item.id}`, loading: "lazy" }));
-    return;
-  }
   const spinner = h("div", { class: "placeholder loading" }, "loading…");
   box.append(spinner);
   try {
@@ -50,6 +47,7 @@ export async function preview(box, item, large = false) {
 }
 
 const RENDERERS = {
+  image: renderImage,
   text: renderText,
   audio: renderAudio,
   depth: renderMap,
@@ -57,6 +55,21 @@ const RENDERERS = {
   imu: renderImu,
   video: renderVideo,
 };
+
+/// An object URL of fetched bytes (the content routes may need the API key, which an `src`
+/// attribute cannot send).
+export function objectUrl(bytes, type) {
+  return URL.createObjectURL(new Blob([bytes], { type }));
+}
+
+function renderImage(box, { type, bytes, item }) {
+  const url = objectUrl(bytes, type);
+  const img = h("img", { src: url, alt: `image ${item.id}` });
+  // A shown image keeps its pixels; the URL is not needed once loaded.
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  img.addEventListener("error", () => URL.revokeObjectURL(url), { once: true });
+  box.append(img);
+}
 
 function renderUnknown(box, { type }) {
   box.append(h("div", { class: "placeholder" }, type || "file"));
@@ -70,7 +83,7 @@ function renderText(box, { bytes, large }) {
 
 async function renderAudio(box, { type, bytes, item, large }) {
   const canvas = h("canvas", { class: "wave", width: large ? 720 : 320, height: large ? 160 : 90 });
-  const player = h("audio", { controls: "", preload: "none", src: item.content_url });
+  const player = h("audio", { controls: "", preload: "none", src: objectUrl(bytes, type) });
   box.append(canvas, player);
   try {
     const ctx = new OfflineAudioContext(1, 1, 44100);

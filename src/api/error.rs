@@ -71,6 +71,10 @@ impl ApiError {
                 "the request's content type is not accepted here",
             ),
             StatusCode::BAD_REQUEST => ("invalid_request", "the request is malformed"),
+            StatusCode::TOO_MANY_REQUESTS => (
+                "rate_limited",
+                "too many requests; retry after the number of seconds in Retry-After",
+            ),
             StatusCode::SERVICE_UNAVAILABLE => {
                 ("unavailable", "the server cannot answer right now")
             }
@@ -78,6 +82,16 @@ impl ApiError {
             _ => ("http_error", status.canonical_reason().unwrap_or("error")),
         };
         Self::new(status, code, message)
+    }
+
+    /// 401: no API key, or not a valid one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: a valid key without the access the route needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub fn internal() -> Self {

@@ -5,6 +5,7 @@
 //! errors to statuses (`error.rs`). Must not own: anything the engine decides (validation of
 //! vectors, detection of media, search semantics); handlers translate, then call the engine.
 
+pub mod auth;
 pub mod collections;
 pub mod embed;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod items;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod ratelimit;
 pub mod search;
 pub mod web;
 

@@ -1,10 +1,18 @@
 //! `GET /openapi.json`: the OpenAPI document, generated from the handlers' annotations and
-//! the DTOs of this module tree.
+//! the DTOs of this module tree, with the API-key scheme on every operation that needs a key.
 
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::OpenApi;
 
+use super::auth::{required, Access};
 use super::{collections, embed, health, items, models, search};
+
+/// Name of the bearer scheme in the document.
+pub const SECURITY_SCHEME: &str = "api_key";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,7 +54,90 @@ pub struct ApiDoc;
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn spec() -> Response {
+    axum::Json(document()).into_response()
+}
+
+/// The whole document: the generated one, its version, and the API keys.
+pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    axum::Json(doc).into_response()
+    secure(&mut doc);
+    doc
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build()
+        .into()
+}
+
+/// Declares the bearer scheme and, on each operation that needs a key ([`required`]), the
+/// requirement and its `401` (and, for writes, `403`) answers. Keys are optional in the
+/// server's configuration; the answers only occur when they are configured.
+fn secure(doc: &mut utoipa::openapi::OpenApi) {
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            SECURITY_SCHEME,
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let need = required(&method, path);
+            if need == Access::Public {
+                continue;
+            }
+            op.security = Some(vec![SecurityRequirement::new(
+                SECURITY_SCHEME,
+                Vec::<String>::new(),
+            )]);
+            let answers = &mut op.responses.responses;
+            answers.entry("401".into()).or_insert_with(|| {
+                error_response("`unauthorized`: no API key, or not a valid one")
+            });
+            if need == Access::Admin {
+                answers.entry("403".into()).or_insert_with(|| {
+                    error_response("`forbidden`: the read-only key on a route that changes data")
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_needing_a_key_say_so() {
+        let doc = serde_json::to_value(document()).unwrap();
+        assert_eq!(
+            doc["components"]["securitySchemes"][SECURITY_SCHEME]["scheme"],
+            "bearer"
+        );
+        let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+        let create = op("/v1/collections", "post");
+        assert_eq!(
+            create["security"][0][SECURITY_SCHEME],
+            serde_json::json!([])
+        );
+        assert!(create["responses"]["401"].is_object() && create["responses"]["403"].is_object());
+        let search = op("/v1/collections/{name}/search", "post");
+        assert!(search["responses"]["401"].is_object() && search["responses"]["403"].is_null());
+        for (path, method) in [("/healthz", "get"), ("/openapi.json", "get")] {
+            assert!(op(path, method)["security"].is_null(), "{path}");
+        }
+    }
 }

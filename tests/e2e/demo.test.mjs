@@ -22,6 +22,11 @@
 //   delete          an item from its card, counts updated: 10
 //   states          loading / empty / server error shown in the page: 11, 12; phone width: 14
 //   browsing        the collection a page at a time: 4, 15
+//   API keys        the server runs with an admin and a read-only key: the page asks for a key
+//                   on the first 401, says when one is wrong, sends it on every call (uploads,
+//                   previews and the original's link included): 1, 9; the read-only key
+//                   searches but its uploads are refused with the server's message: 16; a
+//                   server without keys never asks: the last test
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -41,6 +46,7 @@ const files = {
   video: path.join(fixtures, "imagebind/video/squares_320x240_24fps.zip"),
 };
 const CAPTION = "a red bicycle leaning against a brick wall";
+const KEYS = { admin: "e2e-admin-key-0123456789", read: "e2e-read-key-0123456789" };
 
 let tmp;
 let stopServer;
@@ -72,6 +78,7 @@ before(async () => {
     name: "imagebind",
     modelPath: path.join(fixtures, "imagebind/models/imagebind-tiny"),
     device: "cpu",
+    keys: KEYS,
     timeoutMs: 120_000,
   }));
   browser = await launchChromium([
@@ -90,8 +97,23 @@ after(async () => {
 });
 
 test("browser demo", async (t) => {
-  await t.test("creates a collection with a model of /v1/models", async () => {
+  await t.test("asks for the API key, and again when it is wrong", async () => {
     await page.goto(base);
+    await page.waitForSelector("#key-dialog[open]");
+    assert.match(await page.textContent("#key-message"), /needs an API key/);
+    await page.fill("#key-input", "not-a-valid-key-000000");
+    await page.click("#key-form button[type=submit]");
+    await page.waitForFunction(() =>
+      /not valid/.test(document.querySelector("#key-message").textContent)
+      && document.querySelector("#key-dialog").open);
+    await shot("00-key");
+    await page.fill("#key-input", KEYS.admin);
+    await page.click("#key-form button[type=submit]");
+    await page.waitForSelector("#key-dialog:not([open])", { state: "attached" });
+    assert.equal(await page.isVisible("#key-button"), true);
+  });
+
+  await t.test("creates a collection with a model of /v1/models", async () => {
     await page.waitForSelector("#create-form:not([hidden])");
     await shot("01-first-visit");
     await page.fill("#create-name", "demo");
@@ -207,8 +229,15 @@ test("browser demo", async (t) => {
     await page.click("#results .card[data-modality=thermal] .preview");
     await page.waitForSelector("#detail[open] #detail-preview canvas.map");
     assert.match(await page.textContent("#detail-meta"), /"camera": "lwir"/);
-    assert.equal(await page.getAttribute("#detail-open", "href"), "/v1/collections/demo/items/" +
-      encodeURIComponent(await page.locator("#results .card[data-modality=thermal]").getAttribute("data-id")) + "/content");
+    // The original, fetched with the key, behind an object URL; a PNG is shown, not downloaded.
+    await page.waitForFunction(() => document.querySelector("#detail-open").href.startsWith("blob:"));
+    const original = await page.$eval("#detail-open", async (a) => {
+      const img = new Image();
+      img.src = a.href;
+      await img.decode();
+      return { width: img.naturalWidth, height: img.naturalHeight, download: a.hasAttribute("download") };
+    });
+    assert.deepEqual(original, { width: 224, height: 224, download: false });
     await page.fill("#labels", "a person, a car, a dog");
     await page.click("#classify-form button[type=submit]");
     await page.waitForFunction(() => document.querySelectorAll("#classify-result li.bar").length === 3);
@@ -300,7 +329,7 @@ test("browser demo", async (t) => {
     const texts = Array.from({ length: 55 }, (_, i) => ({ text: `note number ${i}` }));
     const resp = await fetch(`${base}/v1/collections/demo/items`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${KEYS.admin}` },
       body: JSON.stringify({ items: texts }),
     });
     assert.equal(resp.status, 200);
@@ -313,5 +342,40 @@ test("browser demo", async (t) => {
     assert.match(await page.textContent("#status"), /^66 of \d+ items/);
   });
 
+  await t.test("the read-only key searches, and its uploads are refused", async () => {
+    await page.click("#key-button");
+    await page.waitForSelector("#key-dialog[open]");
+    await page.fill("#key-input", KEYS.read);
+    await page.click("#key-form button[type=submit]");
+    await page.waitForSelector("#key-dialog:not([open])", { state: "attached" });
+    await page.waitForFunction(() => document.querySelector("#total")?.textContent === "66");
+    await search({ text: CAPTION });
+    assert.equal(await firstCard().getAttribute("data-modality"), "text");
+    await page.setInputFiles("#file-input", [files.image]);
+    const refused = page.locator('#uploads li[data-state="error"]', { hasText: "webp_lossy_333x333.webp" });
+    await refused.waitFor();
+    assert.match(await refused.textContent(), /read-only key cannot change data/);
+  });
+
   assert.deepEqual(pageErrors, [], "no script errors in the page");
+});
+
+test("a server without keys never asks for one", async () => {
+  const open = await startServer({
+    tmpPrefix: "omnibind-e2e-open-",
+    name: "imagebind",
+    modelPath: path.join(fixtures, "imagebind/models/imagebind-tiny"),
+    device: "cpu",
+    timeoutMs: 120_000,
+  });
+  try {
+    const p = await browser.newPage();
+    await p.goto(open.base);
+    await p.waitForSelector("#create-form:not([hidden])");
+    assert.equal(await p.isVisible("#key-dialog"), false);
+    assert.equal(await p.isVisible("#key-button"), false);
+    await p.close();
+  } finally {
+    await open.stop();
+  }
 });

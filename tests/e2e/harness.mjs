@@ -17,10 +17,11 @@ export const bin = process.env.OMNIBIND_BIN
   || path.join(process.env.CARGO_TARGET_DIR || path.join(repo, "target"), "debug/omnibind");
 
 // Starts `omnibind serve` on a free port with one model (`name`, `modelPath`, optional
-// `device`) and a data directory in a new temporary folder. Resolves, once the server logs that
-// it listens, to { base, tmp, stop }: its URL, the temporary folder (free for the caller's
-// files) and a function that stops the server and removes the folder.
-export function startServer({ tmpPrefix, name, modelPath, device, timeoutMs }) {
+// `device`), API keys when `keys` ({ admin, read }) is given, and a data directory in a new
+// temporary folder. Resolves, once the server logs that it listens, to { base, tmp, stop }: its
+// URL, the temporary folder (free for the caller's files) and a function that stops the server
+// and removes the folder.
+export function startServer({ tmpPrefix, name, modelPath, device, keys, timeoutMs }) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), tmpPrefix));
   const config = path.join(tmp, "config.toml");
   fs.writeFileSync(config, [
@@ -33,6 +34,12 @@ export function startServer({ tmpPrefix, name, modelPath, device, timeoutMs }) {
     `path = ${JSON.stringify(modelPath)}`,
     ...(device ? [`device = ${JSON.stringify(device)}`] : []),
     "",
+    ...(keys ? [
+      "[auth]",
+      `admin_key = ${JSON.stringify(keys.admin)}`,
+      ...(keys.read ? [`read_key = ${JSON.stringify(keys.read)}`] : []),
+      "",
+    ] : []),
   ].join("\n"));
   if (!fs.existsSync(bin)) throw new Error(`no server binary at ${bin}: run cargo build first`);
   const server = spawn(bin, ["serve", "--config", config], {

@@ -1,5 +1,7 @@
 //! Integration tests, compiled into one binary.
 
+mod abuse;
+mod auth;
 mod clip;
 mod common;
 mod crash;

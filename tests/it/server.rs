@@ -76,8 +76,8 @@ impl TestServer {
         let mut settings = Settings::load(
             None,
             &Overrides {
-                listen: None,
                 data_dir: Some(dir.to_path_buf()),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -215,7 +215,7 @@ impl Drop for TestServer {
     }
 }
 
-fn answer(r: Response) -> (u16, Value) {
+pub fn answer(r: Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().unwrap();
     let v = if text.is_empty() {
@@ -228,7 +228,7 @@ fn answer(r: Response) -> (u16, Value) {
 
 /// Sends a request over a plain socket, writing from another thread so that a server that
 /// answers before reading the whole body is seen answering; returns the status and JSON body.
-fn raw_request(addr: SocketAddr, head: String, body: Vec<u8>) -> (u16, Value) {
+pub(crate) fn raw_request(addr: SocketAddr, head: String, body: Vec<u8>) -> (u16, Value) {
     use std::io::{Read, Write};
     let stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -282,7 +282,7 @@ pub(crate) fn file_part(bytes: Vec<u8>, name: &str) -> multipart::Part {
 
 /// Asserts an error answer: status, code, and the error body's shape.
 #[track_caller]
-fn assert_error(answer: (u16, Value), status: u16, code: &str) {
+pub(crate) fn assert_error(answer: (u16, Value), status: u16, code: &str) {
     let (s, v) = answer;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -1460,6 +1460,7 @@ fn cli_ingest_is_resumable_and_search_prints() {
         model: None,
         batch: 4,
         server: format!("http://{}", server.addr),
+        api_key: None,
         paths: vec![images.clone(), extra.path().to_path_buf()],
     };
     let files_in_images = std::fs::read_dir(&images).unwrap().count();
@@ -1507,6 +1508,7 @@ fn cli_ingest_is_resumable_and_search_prints() {
             k: 3,
             filter: Some(r#"{"modality":["image"]}"#.into()),
             server: format!("http://{}", server.addr),
+            api_key: None,
         })
         .unwrap();
     }
@@ -1517,6 +1519,7 @@ fn cli_ingest_is_resumable_and_search_prints() {
         k: 3,
         filter: None,
         server: format!("http://{}", server.addr),
+        api_key: None,
     })
     .unwrap_err();
     assert!(
