@@ -34,6 +34,9 @@ pub struct HttpBenchArgs {
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Admin API key for a server with keys (prefer the environment variable).
+    #[arg(long, env = "OMNIBIND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Vectors per fill request: a 512-d vector takes about 11 KB as JSON, and the default JSON
@@ -43,6 +46,8 @@ const FILL_CHUNK: usize = 100;
 struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Authorization` header value, if a key was given.
+    auth: Option<String>,
 }
 
 impl Client {
@@ -50,8 +55,17 @@ impl Client {
         format!("{}{path}", self.base.trim_end_matches('/'))
     }
 
+    /// A request with the key, when there is one.
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let r = self.agent.request(method, &self.url(path));
+        match &self.auth {
+            Some(a) => r.set("Authorization", a),
+            None => r,
+        }
+    }
+
     fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let req = self.agent.request(method, &self.url(path));
+        let req = self.request(method, path);
         let resp = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
@@ -85,8 +99,7 @@ impl Client {
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         let r = self
-            .agent
-            .post(&self.url(path))
+            .request("POST", path)
             .set(
                 "Content-Type",
                 &format!("multipart/form-data; boundary={boundary}"),
@@ -159,6 +172,11 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
             .timeout(Duration::from_secs(600))
             .build(),
         base: args.server.clone(),
+        auth: args
+            .api_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| format!("Bearer {k}")),
     };
     let models = client.json("GET", "/v1/models", None)?;
     let model = models["models"]

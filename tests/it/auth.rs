@@ -1,5 +1,5 @@
-//! Access control over HTTP: API keys (admin and read-only) on a real server, the CLI clients
-//! with a key, and CORS only for the configured origins.
+//! Access control over HTTP: API keys (admin and read-only) on a real server, the CLI clients and
+//! the HTTP bench with a key, and CORS only for the configured origins.
 
 use reqwest::blocking::RequestBuilder;
 use serde_json::{json, Value};
@@ -230,4 +230,30 @@ fn cors_answers_only_the_configured_origins() {
     let r = get_from(&server, "https://app.example");
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[test]
+fn the_http_bench_sends_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_keys(dir.path());
+    let args = |key: Option<&str>| omnibind::bench::HttpBenchArgs {
+        server: format!("http://{}", server.addr),
+        model: "default".into(),
+        items: 40,
+        queries: 5,
+        batch: 4,
+        upload_batches: 1,
+        seed: 1,
+        api_key: key.map(str::to_string),
+    };
+    let e = omnibind::bench::http(args(None)).unwrap_err();
+    assert!(e.to_string().contains("401"), "{e:#}");
+    omnibind::bench::http(args(Some(ADMIN))).unwrap();
+    // The bench removed its collections.
+    let (s, v) = send(server.http.get(server.url("/v1/collections")), Some(READ));
+    assert_eq!(
+        (s, v["collections"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
 }
