@@ -147,9 +147,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// The middleware every route gets, outermost first: `X-Content-Type-Options: nosniff` on
 /// every answer; CORS for the configured origins; metrics by route template; panics become
 /// `500 internal_error`; `Authorization` is hidden from logs; tracing; the rate limit
-/// ([`api::ratelimit::limit`]); API keys ([`api::auth::require`]); any error answer produced without the API's body (timeouts,
-/// limits) gets it; `408` after `server.request_timeout_s`; bodies up to `server.body_limit`
-/// (upload routes raise it).
+/// ([`api::ratelimit::limit`]); API keys ([`api::auth::require`]); any error answer produced
+/// without the API's body (timeouts, limits) gets it; `408` after `server.request_timeout_s`;
+/// bodies up to `server.body_limit` (upload routes raise it).
 pub fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     let server = &state.settings.server;
     let timeout = Duration::from_secs(server.request_timeout_s.max(1));

@@ -55,13 +55,8 @@ impl Client {
         format!("{}{path}", self.base.trim_end_matches('/'))
     }
 
-    /// A request with the key, when there is one.
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let r = self.agent.request(method, &self.url(path));
-        match &self.auth {
-            Some(a) => r.set("Authorization", a),
-            None => r,
-        }
+        crate::cli::keyed_request(&self.agent, method, &self.url(path), self.auth.as_deref())
     }
 
     fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
@@ -172,11 +167,7 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
             .timeout(Duration::from_secs(600))
             .build(),
         base: args.server.clone(),
-        auth: args
-            .api_key
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .map(|k| format!("Bearer {k}")),
+        auth: crate::cli::authorization(args.api_key.as_deref()),
     };
     let models = client.json("GET", "/v1/models", None)?;
     let model = models["models"]

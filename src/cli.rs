@@ -486,6 +486,27 @@ pub struct SearchArgs {
     pub api_key: Option<String>,
 }
 
+/// The `Authorization` header value for an API key (none for no key or an empty one).
+pub(crate) fn authorization(api_key: Option<&str>) -> Option<String> {
+    api_key
+        .filter(|k| !k.is_empty())
+        .map(|k| format!("Bearer {k}"))
+}
+
+/// A request to `url` carrying `authorization` (from [`authorization`]) when there is one.
+pub(crate) fn keyed_request(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+) -> ureq::Request {
+    let r = agent.request(method, url);
+    match authorization {
+        Some(a) => r.set("Authorization", a),
+        None => r,
+    }
+}
+
 /// A blocking client of the HTTP API.
 struct Client {
     agent: ureq::Agent,
@@ -525,9 +546,7 @@ impl std::error::Error for CallError {}
 impl Client {
     fn new(base: &str, api_key: Option<&str>) -> Self {
         Client {
-            auth: api_key
-                .filter(|k| !k.is_empty())
-                .map(|k| format!("Bearer {k}")),
+            auth: authorization(api_key),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(10))
                 .timeout_read(Duration::from_secs(600))
@@ -568,13 +587,8 @@ impl Client {
         }
     }
 
-    /// A request with the `Authorization` header when a key was given.
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let r = self.agent.request(method, &self.url(path));
-        match &self.auth {
-            Some(a) => r.set("Authorization", a),
-            None => r,
-        }
+        keyed_request(&self.agent, method, &self.url(path), self.auth.as_deref())
     }
 
     fn get(&self, path: &str) -> Result<Value, CallError> {

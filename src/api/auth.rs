@@ -6,7 +6,7 @@
 //! `Authorization` header is marked sensitive in `app.rs`, so it never reaches a log.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -93,8 +93,30 @@ impl Keys {
     }
 }
 
+/// Why a request carries no valid key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// No `Authorization` header.
+    Missing,
+    /// An `Authorization` header that is not `Bearer <key>`.
+    Malformed,
+    /// A bearer token that is neither key.
+    Invalid,
+}
+
+impl Keys {
+    /// The access the request's `Authorization: Bearer <key>` grants, or why it grants none.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Access, KeyProblem> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(KeyProblem::Missing)?;
+        let token = bearer(value).ok_or(KeyProblem::Malformed)?;
+        self.grant(token).ok_or(KeyProblem::Invalid)
+    }
+}
+
 /// The bearer token of an `Authorization` header, if it has the `Bearer` scheme.
-pub(crate) fn bearer(value: &HeaderValue) -> Option<&str> {
+fn bearer(value: &HeaderValue) -> Option<&str> {
     let v = value.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -121,19 +143,19 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
     if !keys.enabled() || need == Access::Public {
         return next.run(req).await;
     }
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return unauthorized("this route needs an API key: send `Authorization: Bearer <key>`");
-    };
-    let Some(token) = bearer(value) else {
-        return unauthorized("the Authorization header must be `Bearer <key>`");
-    };
-    match keys.grant(token) {
-        None => unauthorized("the API key is not valid"),
-        Some(granted) if granted < need => ApiError::forbidden(
+    match keys.check(req.headers()) {
+        Err(KeyProblem::Missing) => {
+            unauthorized("this route needs an API key: send `Authorization: Bearer <key>`")
+        }
+        Err(KeyProblem::Malformed) => {
+            unauthorized("the Authorization header must be `Bearer <key>`")
+        }
+        Err(KeyProblem::Invalid) => unauthorized("the API key is not valid"),
+        Ok(granted) if granted < need => ApiError::forbidden(
             "the read-only key cannot change data; this route needs the admin key",
         )
         .into_response(),
-        Some(_) => next.run(req).await,
+        Ok(_) => next.run(req).await,
     }
 }
 
@@ -188,6 +210,27 @@ mod tests {
         let none = Keys::new(&AuthSettings::default());
         assert!(!none.enabled());
         assert_eq!(none.grant(""), None);
+    }
+
+    #[test]
+    fn headers_are_checked_for_a_key() {
+        let keys = Keys::new(&AuthSettings {
+            admin_key: Some("admin-key-0123456789".into()),
+            read_key: None,
+            allow_unauthenticated_remote: false,
+        });
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(keys.check(&HeaderMap::new()), Err(KeyProblem::Missing));
+        assert_eq!(keys.check(&with("Basic x")), Err(KeyProblem::Malformed));
+        assert_eq!(keys.check(&with("Bearer nope")), Err(KeyProblem::Invalid));
+        assert_eq!(
+            keys.check(&with("Bearer admin-key-0123456789")),
+            Ok(Access::Admin)
+        );
     }
 
     #[test]

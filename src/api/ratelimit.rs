@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use super::auth::{bearer, required, Access, Keys};
+use super::auth::{required, Access, Keys};
 use super::ApiError;
 use crate::app::AppState;
 
@@ -54,12 +54,7 @@ impl Limiter {
 
     /// The client a request comes from.
     pub fn client(&self, req: &Request) -> Client {
-        let granted = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(bearer)
-            .and_then(|t| self.keys.grant(t));
-        if let Some(access) = granted {
+        if let Ok(access) = self.keys.check(req.headers()) {
             return Client::Key(access);
         }
         req.extensions()
@@ -113,6 +108,7 @@ mod tests {
     use super::*;
     use crate::config::AuthSettings;
     use axum::body::Body;
+    use axum::http::header;
 
     fn request(key: Option<&str>, peer: Option<&str>) -> Request {
         let mut b = Request::builder().uri("/v1/collections");

@@ -295,14 +295,17 @@ pub fn evaluate(encoder: &dyn Encoder, opts: &EvalOptions) -> Result<Report> {
             }
             let targets: Vec<Vec<f32>> = gallery.iter().map(|&i| tv[i].clone().unwrap()).collect();
             // IMU pairs are also scored by motion class (items without IMU have none).
-            let imu = q == Modality::Imu || t == Modality::Imu;
             let class = |i: usize| items[i].imu_class.clone().unwrap_or_default();
-            let query_classes: Vec<String> = own.iter().map(|&j| class(gallery[j])).collect();
-            let target_classes: Vec<String> = gallery.iter().map(|&i| class(i)).collect();
-            let labels = imu.then_some(metrics::Labels {
-                queries: &query_classes,
-                targets: &target_classes,
-            });
+            let classes: Option<(Vec<String>, Vec<String>)> =
+                (q == Modality::Imu || t == Modality::Imu).then(|| {
+                    (
+                        own.iter().map(|&j| class(gallery[j])).collect(),
+                        gallery.iter().map(|&i| class(i)).collect(),
+                    )
+                });
+            let labels = classes
+                .as_ref()
+                .map(|(queries, targets)| metrics::Labels { queries, targets });
             let r = metrics::recall(&queries, &own, &targets, labels);
             retrieval.push(PairResult {
                 query: q,

@@ -142,12 +142,9 @@ fn a_burst_over_the_rate_limit_gets_429_per_client() {
         s.auth.read_key = Some(READ.into());
     });
     let get = |key: Option<&str>| {
-        let r = server.http.get(server.url("/v1/collections"));
-        let r = match key {
-            Some(k) => r.header("authorization", format!("Bearer {k}")),
-            None => r,
-        };
-        r.send().unwrap()
+        crate::auth::with_key(server.http.get(server.url("/v1/collections")), key)
+            .send()
+            .unwrap()
     };
     // Public routes are never limited.
     for _ in 0..10 {

@@ -9,12 +9,16 @@ use crate::server::{answer, TestServer};
 const ADMIN: &str = "admin-key-for-tests-0001";
 const READ: &str = "read-key-for-tests-0002";
 
-fn send(r: RequestBuilder, key: Option<&str>) -> (u16, Value) {
-    let r = match key {
+/// `r` with `Authorization: Bearer <key>` when there is a key.
+pub fn with_key(r: RequestBuilder, key: Option<&str>) -> RequestBuilder {
+    match key {
         Some(k) => r.header("authorization", format!("Bearer {k}")),
         None => r,
-    };
-    answer(r.send().unwrap())
+    }
+}
+
+fn send(r: RequestBuilder, key: Option<&str>) -> (u16, Value) {
+    answer(with_key(r, key).send().unwrap())
 }
 
 fn with_keys(dir: &std::path::Path) -> TestServer {
@@ -83,11 +87,7 @@ fn keys_guard_every_api_route_and_the_read_key_cannot_write() {
         let r = server
             .http
             .get(server.url("/v1/collections/c/items/a/content"));
-        let r = match key {
-            Some(k) => r.header("authorization", format!("Bearer {k}")),
-            None => r,
-        };
-        r.send().unwrap()
+        with_key(r, key).send().unwrap()
     };
     let r = content(Some(READ));
     assert_eq!(r.status(), 200);
