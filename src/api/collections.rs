@@ -17,10 +17,13 @@ use crate::engine::{CollectionInfo, CreateCollection, HnswParams, IndexState};
 #[serde(deny_unknown_fields)]
 pub struct HnswBody {
     /// Links per node (2..=255).
+    #[schema(minimum = 2, maximum = 255)]
     pub m: Option<usize>,
-    /// Candidate list width while building.
+    /// Candidate list width while building; must exceed `2 * m`.
+    #[schema(minimum = 5)]
     pub ef_construction: Option<usize>,
     /// Default candidate list width while searching.
+    #[schema(minimum = 1)]
     pub ef_search: Option<usize>,
 }
 
@@ -29,7 +32,7 @@ pub struct HnswBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateCollectionBody {
     /// 1-64 characters of `[A-Za-z0-9_-]`.
-    #[schema(example = "photos")]
+    #[schema(example = "photos", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     /// A loaded model (see `/v1/models`); the collection is bound to it for life.
     #[schema(example = "default")]

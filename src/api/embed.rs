@@ -34,6 +34,7 @@ pub struct EmbedForm {
     pub file: Option<Vec<u8>>,
     pub text: Option<String>,
     /// Modality of the file instead of the detected one.
+    #[schema(pattern = "^(text|image|audio|video|depth|thermal|imu)$")]
     pub modality: Option<String>,
 }
 
@@ -67,6 +68,8 @@ pub struct ClassifyForm {
     #[schema(content_media_type = "application/octet-stream")]
     pub file: Option<Vec<u8>>,
     pub text: Option<String>,
+    /// Modality of the file instead of the detected one.
+    #[schema(pattern = "^(text|image|audio|video|depth|thermal|imu)$")]
     pub modality: Option<String>,
     /// A JSON array of labels, or one label per `labels` field (repeatable).
     pub labels: Vec<String>,

@@ -64,11 +64,13 @@ pub struct AddItemsForm {
     /// A text to add (repeatable).
     pub text: Option<Vec<String>>,
     /// JSON object: before the first item, defaults for all items; after an item, that item's.
+    #[schema(value_type = Option<Object>, content_media_type = "application/json")]
     pub metadata: Option<String>,
     /// Id of the item it follows.
     pub id: Option<String>,
     /// Modality of the file it follows (or, before the first item, of all files), instead of
     /// the detected one.
+    #[schema(pattern = "^(text|image|audio|video|depth|thermal|imu)$")]
     pub modality: Option<String>,
 }
 
@@ -106,9 +108,13 @@ pub struct ItemDto {
     pub modality: String,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
-    /// The text of a text item.
+    /// The text of a text item: its first 4096 bytes when `text_truncated` is true (the whole
+    /// text is served at `content_url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Present and true when `text` is only the beginning of the text.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_truncated: bool,
     /// Type of the stored original file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
@@ -134,6 +140,7 @@ impl ItemDto {
             modality: v.modality,
             metadata: v.metadata,
             text: v.text,
+            text_truncated: v.text_truncated,
             content_type: v.content_type,
             content_len: v.content_len,
             content_sha256: v.content_sha256,
@@ -158,6 +165,7 @@ pub struct ItemPageDto {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Items per page, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -3,7 +3,9 @@
 
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::OpenApi;
@@ -62,7 +64,49 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     secure(&mut doc);
+    constrain_path_params(&mut doc);
     doc
+}
+
+/// The rules the handlers enforce on path parameters (`400 invalid_request` otherwise), so
+/// that clients and generated tests know them: collection names are 1-64 characters of
+/// `[A-Za-z0-9_-]`, item ids 1-128 characters without control characters or `/`.
+fn constrain_path_params(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ];
+        for op in ops.into_iter().flatten() {
+            let mut constrained = false;
+            for p in op.parameters.iter_mut().flatten() {
+                let RefOr::T(p) = p else { continue };
+                if p.parameter_in != ParameterIn::Path {
+                    continue;
+                }
+                let (pattern, max) = match p.name.as_str() {
+                    "name" => ("^[A-Za-z0-9_-]+$", 64),
+                    "id" => ("^[^\\u0000-\\u001F\\u007F-\\u009F/]+$", 128),
+                    _ => continue,
+                };
+                let schema = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(max))
+                    .pattern(Some(pattern));
+                p.schema = Some(RefOr::T(Schema::Object(schema.build())));
+                constrained = true;
+            }
+            if constrained {
+                op.responses
+                    .responses
+                    .entry("400".into())
+                    .or_insert_with(|| error_response("`invalid_request`: a malformed name or id"));
+            }
+        }
+    }
 }
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {

@@ -62,17 +62,20 @@ pub struct SearchBody {
     #[schema(value_type = QueryDoc)]
     pub query: Value,
     /// Results to return, 1..=1000 (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
     #[schema(value_type = Option<FilterDoc>)]
     pub filter: Option<Value>,
     /// Drop results scoring below this cosine.
     pub min_score: Option<f32>,
     /// Results to skip (paging through results), at most 10000.
+    #[schema(maximum = 10000)]
     pub offset: Option<usize>,
     /// Scan every vector (exact) instead of walking the HNSW graph.
     #[serde(default)]
     pub exact: bool,
     /// Candidate list width of the graph search (recall against speed).
+    #[schema(minimum = 1)]
     pub ef_search: Option<usize>,
 }
 
@@ -85,13 +88,20 @@ pub struct SearchForm {
     pub file: Option<Vec<u8>>,
     pub text: Option<String>,
     /// Modality of the file instead of the detected one.
+    #[schema(pattern = "^(text|image|audio|video|depth|thermal|imu)$")]
     pub modality: Option<String>,
+    /// Results to return, 1..=1000 (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
-    /// JSON, as in the JSON search.
+    /// A JSON object, as in the JSON search.
+    #[schema(value_type = Option<Object>, content_media_type = "application/json")]
     pub filter: Option<String>,
     pub min_score: Option<f32>,
+    /// Results to skip, at most 10000.
+    #[schema(maximum = 10000)]
     pub offset: Option<usize>,
     pub exact: Option<bool>,
+    #[schema(minimum = 1)]
     pub ef_search: Option<usize>,
 }
 

@@ -248,6 +248,14 @@ impl Engine {
         }
     }
 
+    fn empty_index(&self, record: &CollectionRecord, cfg: &IndexConfig) -> Result<Arc<dyn Index>> {
+        Ok(Arc::from(index::new_index(
+            IndexKind::Hnsw,
+            record.dim as usize,
+            cfg,
+        )?))
+    }
+
     fn index_dir(&self, name: &str) -> PathBuf {
         self.index_root.join(name)
     }
@@ -260,43 +268,44 @@ impl Engine {
         let cfg = self.index_config(&record.index);
         let dir = self.index_dir(&record.name);
         let generation = record.generation;
-        let loaded = if dir.join("manifest.json").exists() {
-            match index::load(&dir, &cfg) {
-                Ok(l) if l.stamp == generation && l.index.dim() == record.dim as usize => {
-                    Some(l.index)
-                }
-                Ok(l) => {
-                    tracing::info!(collection = %record.name, dump = l.stamp, store = generation, "index dump is stale; rebuilding from the store");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(collection = %record.name, error = %e, "index dump unreadable; rebuilding from the store");
-                    None
-                }
+        // A dump at the store's generation is used as it is. A stale one (the process stopped
+        // before its next save, say after a crash) is caught up with the store, which costs a
+        // pass over the stored vectors plus the changed items; only a missing or unreadable
+        // dump means building the graph from scratch.
+        let (index, fresh): (Arc<dyn Index>, bool) = match dir
+            .join("manifest.json")
+            .exists()
+            .then(|| index::load(&dir, &cfg))
+        {
+            Some(Ok(l)) if l.index.dim() == record.dim as usize => {
+                (Arc::from(l.index), l.stamp == generation)
             }
-        } else {
-            None
-        };
-        let index: Arc<dyn Index> = match loaded {
-            Some(i) => Arc::from(i),
-            None => {
-                let idx: Arc<dyn Index> = Arc::from(index::new_index(
-                    IndexKind::Hnsw,
-                    record.dim as usize,
-                    &cfg,
-                )?);
-                let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(1024);
-                for v in self.store.vectors(&record.name)? {
-                    batch.push(v?);
-                    if batch.len() == 1024 {
-                        insert_owned(&*idx, &batch)?;
-                        batch.clear();
-                    }
-                }
-                insert_owned(&*idx, &batch)?;
-                idx
+            Some(Ok(l)) => {
+                tracing::warn!(collection = %record.name, dim = l.index.dim(), "index dump has another dimension; rebuilding from the store");
+                (self.empty_index(&record, &cfg)?, false)
             }
+            Some(Err(e)) => {
+                tracing::warn!(collection = %record.name, error = %e, "index dump unreadable; rebuilding from the store");
+                (self.empty_index(&record, &cfg)?, false)
+            }
+            None => (self.empty_index(&record, &cfg)?, false),
         };
+        if !fresh {
+            let t = Instant::now();
+            let vectors = self.store.vectors(&record.name)?;
+            let report = index::catch_up::<EngineError>(
+                &*index,
+                vectors.map(|v| v.map_err(EngineError::from)),
+            )?;
+            tracing::info!(
+                collection = %record.name,
+                kept = report.kept,
+                inserted = report.inserted,
+                deleted = report.deleted,
+                ms = t.elapsed().as_millis() as u64,
+                "index caught up with the store"
+            );
+        }
         let mut payloads = HashMap::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -1084,14 +1093,6 @@ impl Engine {
     }
 }
 
-fn insert_owned(idx: &dyn Index, batch: &[(u64, Vec<f32>)]) -> std::result::Result<(), IndexError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let refs: Vec<(u64, &[f32])> = batch.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-    idx.insert_batch(&refs)
-}
-
 fn payload_of(item: &ItemRecord) -> Payload {
     Payload {
         id: item.id.clone(),
@@ -1106,6 +1107,7 @@ fn view_of(r: ItemRecord) -> ItemView {
         modality: r.modality,
         metadata: r.metadata,
         text: r.text,
+        text_truncated: r.text_truncated,
         content_type: r.content_type,
         content_len: r.content_len,
         content_sha256: r.content_hash,

@@ -98,6 +98,9 @@ pub struct ItemView {
     pub metadata: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Whether `text` is only the beginning of the text (see [`crate::store::MAX_RECORD_TEXT`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     pub content_len: u64,

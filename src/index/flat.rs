@@ -117,6 +117,17 @@ impl Index for FlatIndex {
         read_lock(&self.store).contains(id)
     }
 
+    fn ids(&self) -> Vec<u64> {
+        read_lock(&self.store).ids().to_vec()
+    }
+
+    fn holds(&self, id: u64, vector: &[f32]) -> bool {
+        let Ok(v) = vector::normalised(self.dim, vector) else {
+            return false;
+        };
+        read_lock(&self.store).get(id) == Some(&v[..])
+    }
+
     fn search(
         &self,
         query: &[f32],

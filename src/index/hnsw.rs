@@ -608,6 +608,17 @@ impl Index for HnswIndex {
         read_lock(&self.state).vectors.contains(id)
     }
 
+    fn ids(&self) -> Vec<u64> {
+        read_lock(&self.state).vectors.ids().to_vec()
+    }
+
+    fn holds(&self, id: u64, vector: &[f32]) -> bool {
+        let Ok(v) = vector::normalised(self.dim, vector) else {
+            return false;
+        };
+        read_lock(&self.state).vectors.get(id) == Some(&v[..])
+    }
+
     fn search(
         &self,
         query: &[f32],

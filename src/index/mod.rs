@@ -227,6 +227,13 @@ pub trait Index: Send + Sync {
     /// Whether `id` is a live item.
     fn contains(&self, id: u64) -> bool;
 
+    /// Ids of the live items, in no particular order.
+    fn ids(&self) -> Vec<u64>;
+
+    /// Whether `id` is live with exactly the vector [`Index::insert`] would store for `vector`.
+    /// False for an invalid `vector`.
+    fn holds(&self, id: u64, vector: &[f32]) -> bool;
+
     /// The `k` items most similar to `query`, best first.
     ///
     /// `filter`, when given, is evaluated on ids during the search (not on its output), so up
@@ -328,6 +335,72 @@ pub fn load(dir: &Path, config: &IndexConfig) -> Result<LoadedIndex> {
         index,
         stamp: manifest.stamp,
     })
+}
+
+/// What [`catch_up`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Items the index already held with the source's vector.
+    pub kept: usize,
+    /// Items inserted, or replaced because their vector differed.
+    pub inserted: usize,
+    /// Items the source does not have, deleted from the index.
+    pub deleted: usize,
+}
+
+/// Brings `index` in line with `source`, the complete list of items that should be live: items
+/// missing or holding another vector are (re)inserted, items absent from `source` are deleted.
+///
+/// On an empty index this is a build from scratch; on a stale dump it costs one pass over
+/// `source` plus the work for what changed, so a restart after a crash need not rebuild the
+/// whole graph. `source` may fail with the caller's error type (say, a store read).
+pub fn catch_up<E>(
+    index: &dyn Index,
+    source: impl IntoIterator<Item = std::result::Result<(u64, Vec<f32>), E>>,
+) -> std::result::Result<CatchUp, E>
+where
+    E: From<IndexError>,
+{
+    const BATCH: usize = 1024;
+    let mut report = CatchUp::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(BATCH);
+    let flush = |batch: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
+        let refs: Vec<(u64, &[f32])> = batch.iter().map(|(id, v)| (*id, &v[..])).collect();
+        if !refs.is_empty() {
+            index.insert_batch(&refs)?;
+        }
+        batch.clear();
+        Ok(())
+    };
+    for entry in source {
+        let (id, vector) = entry?;
+        seen.insert(id);
+        if index.holds(id, &vector) {
+            report.kept += 1;
+            continue;
+        }
+        report.inserted += 1;
+        batch.push((id, vector));
+        if batch.len() == BATCH {
+            flush(&mut batch)?;
+        }
+    }
+    flush(&mut batch)?;
+    for id in index.ids() {
+        if !seen.contains(&id) && index.delete(id) {
+            report.deleted += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Makes the checksums in the dump in `dir` match its (possibly damaged) files, so that a
+/// fuzzer's damage reaches the parsers behind the checksum checks. Fuzzing support only.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn reseal_dump(dir: &Path) -> Result<()> {
+    persist::reseal(dir)
 }
 
 /// Runs [`Index::rebuild`] on a background thread if [`Index::needs_rebuild`] says so.

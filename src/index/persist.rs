@@ -612,6 +612,36 @@ impl Manifest {
     }
 }
 
+/// Recomputes the length and checksum of every file the manifest in `dir` names from the
+/// files present, then republishes the manifest with its own checksum. A damaged dump then
+/// passes the checksum checks, so fuzzing reaches the parsers behind them.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn reseal(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs::read(&path).map_err(|e| io_error(&path, e))?;
+    let mut manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(&path, format!("unreadable manifest: {e}")))?;
+    let refresh = |entry: &mut FileEntry| -> Result<()> {
+        let file = entry.path_in(dir)?;
+        let data = fs::read(&file).map_err(|e| io_error(&file, e))?;
+        let mut hasher = Xxh64::default();
+        hasher.update(&data);
+        *entry = FileEntry::new(entry.name.clone(), data.len() as u64, hasher.finish());
+        Ok(())
+    };
+    if let Some(vectors) = &mut manifest.vectors {
+        refresh(vectors)?;
+    }
+    if let Some(graph) = &mut manifest.graph {
+        refresh(&mut graph.ids)?;
+        if let Some(dump) = &mut graph.dump {
+            refresh(&mut dump.graph)?;
+            refresh(&mut dump.data)?;
+        }
+    }
+    manifest.publish(dir)
+}
+
 /// Deletes files created by this module that `keep` does not name. Failures are logged only:
 /// a leftover file costs disk space, never correctness.
 pub(crate) fn remove_unreferenced(dir: &Path, keep: &[String]) {

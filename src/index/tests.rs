@@ -712,6 +712,72 @@ fn save_and_load_round_trip() {
     }
 }
 
+/// A stale dump caught up with a changed source ends up holding exactly the source, and only
+/// the changed items are written.
+#[test]
+fn catch_up_brings_a_stale_dump_in_line_with_the_source() {
+    for kind in [IndexKind::Flat, IndexKind::Hnsw] {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, mut model) = populated(kind, 12, 400);
+        index.save(dir.path(), 1).unwrap();
+        // What happened after the dump: new items, deleted items, an item with a new vector.
+        let mut rng = StdRng::seed_from_u64(8);
+        let gone: Vec<u64> = model.keys().copied().filter(|id| id % 7 == 3).collect();
+        for id in &gone {
+            model.remove(id);
+        }
+        for id in 400..450u64 {
+            model.insert(id, random_vector(&mut rng, 12));
+        }
+        let replaced = *model.keys().find(|id| **id < 400).unwrap();
+        model.insert(replaced, random_vector(&mut rng, 12));
+        let source = || {
+            model
+                .iter()
+                .map(|(id, v)| Ok::<_, IndexError>((*id, v.clone())))
+                .collect::<Vec<_>>()
+        };
+
+        let stale = load(dir.path(), &graph_config()).unwrap().index;
+        let report = catch_up(&*stale, source()).unwrap();
+        assert_eq!(report.inserted, 50 + 1, "{kind}");
+        assert_eq!(report.deleted, gone.len(), "{kind}");
+        assert_eq!(report.kept + report.inserted, model.len(), "{kind}");
+        let mut ids = stale.ids();
+        ids.sort_unstable();
+        assert_eq!(ids, model.keys().copied().collect::<Vec<_>>(), "{kind}");
+        for (id, v) in &model {
+            assert!(stale.holds(*id, v), "{kind}: item {id}");
+        }
+        let q = random_vector(&mut rng, 12);
+        let hits = stale.search(&q, 10, &exact(), None).unwrap();
+        assert_top_k(&hits, &model, &q, 10, None);
+
+        // A second pass changes nothing; an empty index is built from scratch.
+        let again = catch_up(&*stale, source()).unwrap();
+        assert_eq!(
+            again,
+            CatchUp {
+                kept: model.len(),
+                ..CatchUp::default()
+            }
+        );
+        let empty = new_index(kind, 12, &graph_config()).unwrap();
+        let built = catch_up(&*empty, source()).unwrap();
+        assert_eq!(built.inserted, model.len());
+        assert_eq!(empty.len(), model.len());
+
+        // A failing source stops the catch-up with its error.
+        let failing = vec![
+            Ok((1u64, vec![1.0f32; 12])),
+            Err(IndexError::InvalidConfig("store read failed".into())),
+        ];
+        assert!(catch_up(&*empty, failing).is_err());
+        // A vector of the wrong dimension is never "held".
+        assert!(!empty.holds(replaced, &[1.0; 3]));
+    }
+}
+
 #[test]
 fn loaded_hnsw_keeps_its_tombstones_and_graph() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,7 @@ pub use self::model::{
     sha256_hex, CollectionRecord, GcReport, IndexParams, ItemPage, ItemRecord, ModalityCounts,
     NewCollection, NewItem, OnExistingId, PutOptions, PutOutcome, PutReport,
     MAX_COLLECTION_NAME_LEN, MAX_DIM, MAX_ITEM_ID_LEN, MAX_LABEL_LEN, MAX_MODALITY_LEN,
+    MAX_RECORD_TEXT,
 };
 pub use self::sled::{OpenReport, SledOptions, SledStore, MAX_PAGE};
 

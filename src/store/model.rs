@@ -72,6 +72,26 @@ pub struct CollectionRecord {
     pub generation: u64,
 }
 
+/// Bytes of an item's text kept in its record. Records are read whole (listing, start-up), so a
+/// long text lives only in the item's content file and the record keeps its beginning, cut at
+/// a character boundary.
+pub const MAX_RECORD_TEXT: usize = 4096;
+
+/// `text` cut to at most [`MAX_RECORD_TEXT`] bytes at a character boundary, and whether it was.
+pub(crate) fn record_text(text: Option<String>) -> (Option<String>, bool) {
+    match text {
+        Some(mut t) if t.len() > MAX_RECORD_TEXT => {
+            let mut end = MAX_RECORD_TEXT;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+            (Some(t), true)
+        }
+        t => (t, false),
+    }
+}
+
 /// A stored item, without its vector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemRecord {
@@ -88,8 +108,12 @@ pub struct ItemRecord {
     pub content_type: Option<String>,
     /// Length of the original bytes (0 when none were stored).
     pub content_len: u64,
-    /// The text, for text items.
+    /// The text, for text items: at most [`MAX_RECORD_TEXT`] bytes of it (the whole text is
+    /// the content file).
     pub text: Option<String>,
+    /// Whether `text` was cut to [`MAX_RECORD_TEXT`] bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_truncated: bool,
     /// A JSON object owned by the client.
     pub metadata: serde_json::Value,
     pub model: String,

@@ -590,6 +590,7 @@ impl Store for SledStore {
             }
             *count_delta.entry(item.modality.clone()).or_default() += 1;
             let content_len = item.content.as_ref().map_or(0, |c| c.len() as u64);
+            let (text, text_truncated) = super::model::record_text(item.text);
             planned.push(Planned {
                 record: ItemRecord {
                     id,
@@ -598,7 +599,8 @@ impl Store for SledStore {
                     content_hash: hash,
                     content_type: item.content_type,
                     content_len,
-                    text: item.text,
+                    text,
+                    text_truncated,
                     metadata: item.metadata,
                     model: item.model,
                     weights_hash: item.weights_hash,

@@ -832,3 +832,49 @@ fn the_default_model_recipe_and_config_are_valid() {
     names.sort();
     assert_eq!(names.len(), 5, "{names:?}");
 }
+
+/// Audio models with one long clip per input (`audio_clips = 1`) serve as well as the official
+/// three-clip geometry: a one-clip model once built a rank-5 tensor and failed every upload.
+#[test]
+fn audio_models_with_one_or_three_clips_embed_uploads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wav =
+        std::fs::read(root.join("tests/fixtures/imagebind/audio/speech_16k_mono_s16_0.9s.wav"))
+            .unwrap();
+    for (clip_secs, clips, target_len) in [(5u32, 1usize, 504usize), (2, 3, 204)] {
+        let mut config = tiny_config();
+        config.inputs.audio_clip_secs = clip_secs;
+        config.inputs.audio_clips = clips;
+        config.inputs.audio_target_len = target_len;
+        config.inputs.audio_stride = 16;
+        let params = Trainable::init(&config, &[Tower::Audio], 3, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let meta = CheckpointMeta {
+            step: 0,
+            epoch: 0,
+            seed: 3,
+            recipe_hash: recipe_hash(""),
+        };
+        checkpoint::save(dir.path(), &params, &meta).unwrap();
+        std::fs::copy(
+            root.join("tests/fixtures/clip/tokenizer/tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let mut spec = crate::embed::ModelSpec::new("a", dir.path().display().to_string());
+        spec.device = crate::embed::DeviceSpec::Cpu;
+        let enc = crate::embed::load_encoder(&spec).unwrap();
+        let input = || crate::embed::Input::Bytes {
+            modality: crate::embed::Modality::Audio,
+            bytes: wav.clone(),
+        };
+        let out = enc.embed_batch(&[input(), input()]).unwrap();
+        assert_eq!(out.len(), 2, "{clips} clips");
+        for v in &out {
+            let v = v.as_ref().unwrap();
+            assert_eq!(v.len(), 16);
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{clips} clips: norm {norm}");
+        }
+    }
+}

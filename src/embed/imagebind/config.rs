@@ -91,6 +91,10 @@ pub struct InputConfig {
     pub audio_target_len: usize,
     pub audio_kernel: usize,
     pub audio_stride: usize,
+    /// Seconds per audio clip (`clip_duration` of the official clip sampler).
+    pub audio_clip_secs: u32,
+    /// Clips per audio file (`clips_per_video`); the audio embedding is their mean.
+    pub audio_clips: usize,
     pub depth_kernel: usize,
     pub thermal_kernel: usize,
     pub imu_channels: usize,
@@ -112,6 +116,8 @@ impl Default for InputConfig {
             audio_target_len: 204,
             audio_kernel: 16,
             audio_stride: 10,
+            audio_clip_secs: 2,
+            audio_clips: 3,
             depth_kernel: 16,
             thermal_kernel: 16,
             imu_channels: 6,
@@ -241,6 +247,9 @@ impl ImageBindConfig {
             || i.audio_target_len < i.audio_kernel
         {
             return Err("the audio stem does not fit the filterbank".into());
+        }
+        if i.audio_clip_secs == 0 || i.audio_clips == 0 {
+            return Err("audio_clip_secs and audio_clips must be positive".into());
         }
         for (name, k) in [("depth", i.depth_kernel), ("thermal", i.thermal_kernel)] {
             if k == 0 || !i.image_size.is_multiple_of(k) {

@@ -86,7 +86,8 @@ pub fn audio_preprocess_config(config: &ImageBindConfig) -> AudioPreprocessConfi
     AudioPreprocessConfig {
         num_mel_bins: config.inputs.audio_num_mel_bins,
         target_len: config.inputs.audio_target_len,
-        ..AudioPreprocessConfig::default()
+        clip_secs: config.inputs.audio_clip_secs,
+        clips: config.inputs.audio_clips,
     }
 }
 
@@ -203,27 +204,19 @@ impl ImageBindEncoder {
         }
     }
 
-    /// Shape of one input (clips included) and its clip count.
+    /// Shape of one clip of an input, and the clips per input.
     fn input_shape(&self, m: Modality) -> (Vec<usize>, usize) {
         let i = &self.model.config.inputs;
         match m {
             Modality::Image => (vec![3, i.image_size, i.image_size], 1),
             Modality::Audio => (
-                vec![
-                    self.audio_cfg.clips,
-                    1,
-                    i.audio_num_mel_bins,
-                    i.audio_target_len,
-                ],
+                vec![1, i.audio_num_mel_bins, i.audio_target_len],
                 self.audio_cfg.clips,
             ),
-            Modality::Video => {
-                let clips = video::CLIPS * video::CROPS;
-                (
-                    vec![clips, 3, video::FRAMES_PER_CLIP, i.image_size, i.image_size],
-                    clips,
-                )
-            }
+            Modality::Video => (
+                vec![3, video::FRAMES_PER_CLIP, i.image_size, i.image_size],
+                video::CLIPS * video::CROPS,
+            ),
             Modality::Depth | Modality::Thermal => (vec![1, i.image_size, i.image_size], 1),
             _ => (vec![i.imu_channels, i.imu_len], 1),
         }
@@ -236,7 +229,7 @@ impl ImageBindEncoder {
             return Err(self.info.unsupported(m));
         }
         let (shape, clips) = self.input_shape(m);
-        let per: usize = shape.iter().product();
+        let per = clips * shape.iter().product::<usize>();
         // A video is 15 clips of two frames: `max_batch` counts clips for it, not videos.
         let per_chunk = if m == Modality::Video {
             (self.max_batch / clips).max(1)
@@ -248,7 +241,7 @@ impl ImageBindEncoder {
             for x in chunk {
                 if x.len() != per {
                     return Err(EmbedError::InvalidInput(format!(
-                        "{m} input of {} values, expected {shape:?}",
+                        "{m} input of {} values, expected {clips} clips of {shape:?}",
                         x.len()
                     )));
                 }
@@ -256,7 +249,7 @@ impl ImageBindEncoder {
             }
             // Clips are rows of their own: [n * clips, ...].
             let mut dims = vec![chunk.len() * clips];
-            dims.extend_from_slice(if clips > 1 { &shape[1..] } else { &shape[..] });
+            dims.extend_from_slice(&shape);
             let xs = Tensor::from_vec(data, dims, &self.device)?.to_dtype(self.dtype)?;
             Ok(self.model.forward(tower, &xs, clips)?)
         })

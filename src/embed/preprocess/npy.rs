@@ -33,8 +33,47 @@ fn values<T: npyz::Deserialize>(
         .collect())
 }
 
+/// Deepest nesting of brackets accepted in a header. A plain array's header needs 2 (the dict
+/// and the shape tuple); npyz's header parser takes time exponential in the nesting depth (a
+/// 300-byte header of nested `[` kept it busy for minutes), so deeper headers are refused
+/// before it sees them.
+const MAX_HEADER_DEPTH: usize = 4;
+
+/// Checks the magic string, version and header of `.npy` bytes before npyz parses them.
+fn check_header(bytes: &[u8]) -> Result<(), EmbedError> {
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
+        return Err(bad("not a .npy file"));
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(format!("unsupported format version {v}"))),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(len))
+        .ok_or_else(|| bad("the header is cut short"))?;
+    let mut depth = 0usize;
+    for &b in header {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_HEADER_DEPTH {
+                    return Err(bad("the header nests too deeply"));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses `.npy` bytes.
 pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, EmbedError> {
+    check_header(bytes)?;
     let file = NpyFile::new(bytes).map_err(bad)?;
     let shape: Vec<usize> = file
         .shape()
@@ -158,5 +197,23 @@ mod tests {
         assert!(read_npy(&npy("<f4", false, "(2, 3)", &le[..20])).is_err());
         assert!(read_npy(&npy("|b1", false, "(2,)", &[0, 1])).is_err());
         assert!(read_npy(b"\x93NUMPY\x01").is_err());
+    }
+
+    /// Found by the `imu` and `depth` fuzz targets: nested brackets in a header kept npyz's
+    /// parser busy for minutes. They are refused before parsing now.
+    #[test]
+    fn deeply_nested_headers_are_refused_before_parsing() {
+        let nested = format!("(2, {}1{})", "[".repeat(120), "]".repeat(120));
+        let err = read_npy(&npy("<f4", false, &nested, &[0; 8])).unwrap_err();
+        assert!(err.to_string().contains("nests too deeply"), "{err}");
+        // Unbalanced, as the fuzzer wrote it.
+        let open = format!("(200, 551, {}0.7", "[".repeat(80));
+        assert!(read_npy(&npy("<f4", false, &open, &[0; 8])).is_err());
+        // Versions 2 and 3 carry a 4-byte header length; a length past the end is refused.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&1000u32.to_le_bytes());
+        v2.extend_from_slice(b"{'descr': '<f4'");
+        assert!(read_npy(&v2).unwrap_err().to_string().contains("cut short"));
+        assert!(read_npy(b"\x93NUMPY\x09\x00\x10\x00{}").is_err());
     }
 }

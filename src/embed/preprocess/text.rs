@@ -15,6 +15,19 @@ use crate::embed::EmbedError;
 /// CLIP's end-of-text token.
 pub const CLIP_EOS: &str = "<|endoftext|>";
 
+/// Bytes of a long text encoded first per token of context (see [`TextTokenizer::encode`]).
+const PREFIX_BYTES_PER_TOKEN: usize = 16;
+
+/// The longest prefix of `text`, at most `max_bytes` long, that is followed by a whitespace
+/// character; `None` when no whitespace starts within the first `max_bytes` bytes.
+pub fn prefix_before_whitespace(text: &str, max_bytes: usize) -> Option<&str> {
+    text.char_indices()
+        .take_while(|&(i, _)| i <= max_bytes)
+        .filter(|&(_, c)| c.is_whitespace())
+        .last()
+        .map(|(i, _)| &text[..i])
+}
+
 /// A tokenizer with the truncation and pooling conventions of a CLIP text tower.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -60,12 +73,31 @@ impl TextTokenizer {
     }
 
     /// Token ids of one text, start and end tokens included.
+    ///
+    /// Only the first `max_len` tokens are kept, so a long text is not tokenised in full (a
+    /// 1 MB text is hundreds of thousands of tokens, each with offsets and strings, for a
+    /// 77-token answer): prefixes cut just before a whitespace character are encoded, doubling
+    /// in length, until one gives more tokens than fit. Pre-tokenisation splits at whitespace,
+    /// so such a prefix's tokens are the first tokens of the whole text, and its truncated ids
+    /// are the whole text's.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
-        let enc = self
-            .inner
+        let mut budget = self.max_len.max(1) * PREFIX_BYTES_PER_TOKEN;
+        while budget < text.len() {
+            if let Some(prefix) = prefix_before_whitespace(text, budget) {
+                let enc = self.encode_raw(prefix)?;
+                if !enc.get_overflowing().is_empty() {
+                    return Ok(enc.get_ids().to_vec());
+                }
+            }
+            budget = budget.saturating_mul(2);
+        }
+        Ok(self.encode_raw(text)?.get_ids().to_vec())
+    }
+
+    fn encode_raw(&self, text: &str) -> Result<tokenizers::Encoding, EmbedError> {
+        self.inner
             .encode(text, true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
     /// Position the text tower pools at: the first end-of-text token, or (for tokenizers without
@@ -101,5 +133,64 @@ impl TextTokenizer {
             seq_len,
             eos_positions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip_tokenizer() -> TextTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/clip/tokenizer/tokenizer.json");
+        TextTokenizer::from_file(&path, 77).unwrap()
+    }
+
+    #[test]
+    fn prefixes_end_before_whitespace() {
+        assert_eq!(prefix_before_whitespace("ab cd ef", 4), Some("ab"));
+        assert_eq!(prefix_before_whitespace("ab cd ef", 5), Some("ab cd"));
+        assert_eq!(prefix_before_whitespace("abcdef", 3), None);
+        assert_eq!(prefix_before_whitespace(" abc", 3), Some(""));
+        // Multi-byte characters and Unicode whitespace.
+        assert_eq!(prefix_before_whitespace("é\u{3000}ü x", 3), Some("é"));
+        assert_eq!(prefix_before_whitespace("éé\u{a0}x", 100), Some("éé"));
+    }
+
+    /// Encoding long texts by prefixes gives exactly the ids of encoding them in full.
+    #[test]
+    fn long_texts_encode_as_in_full() {
+        let tok = clip_tokenizer();
+        let word_salad: String = (0..5000)
+            .map(|i| format!("w{}ord{} ", i % 97, "x".repeat(i % 13)))
+            .collect();
+        let texts = [
+            "a photo of a dog".to_owned(),
+            "lorem ipsum dolor sit amet ".repeat(2000),
+            word_salad,
+            // Long runs without whitespace, whitespace runs, punctuation and other scripts.
+            format!("{} tail words here", "x".repeat(5000)),
+            format!("{}start {}", " ".repeat(4000), "y ".repeat(200)),
+            "naïve café, déjà vu! 東京 タワー 123,456 ".repeat(300),
+            "tokens,with,commas,and;semicolons ".repeat(400),
+            // Just around the point where the first prefix overflows.
+            "ab ".repeat(74),
+            "ab ".repeat(75),
+            "ab ".repeat(76),
+            "ab ".repeat(500),
+        ]
+        .into_iter()
+        // Word lengths that put the first prefix's token count on both sides of the context.
+        .chain((1..40).map(|n| format!("{}{} ", "q".repeat(n), n % 10).repeat(3000 / (n + 2))));
+        for text in texts {
+            let full = tok.encode_raw(&text).unwrap().get_ids().to_vec();
+            assert_eq!(
+                tok.encode(&text).unwrap(),
+                full,
+                "{:?}",
+                &text[..40.min(text.len())]
+            );
+            assert!(full.len() <= 77);
+        }
     }
 }

@@ -1196,3 +1196,46 @@ fn second_open_of_a_held_database_fails_as_locked() {
         Err(StoreError::Locked { .. })
     ));
 }
+
+/// A long text is kept whole in its content file; its record keeps the first
+/// `MAX_RECORD_TEXT` bytes, cut at a character boundary, and says so.
+#[test]
+fn long_texts_are_cut_in_records_and_kept_whole_as_content() {
+    use super::super::MAX_RECORD_TEXT;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_collection(new_collection("c")).unwrap();
+    // "é" is two bytes: with an odd prefix the cut falls inside one.
+    let long = format!("x{}", "é".repeat(MAX_RECORD_TEXT));
+    let short = "a short note".to_owned();
+    let items = [("long", &long), ("short", &short)]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (id, text))| {
+            let mut it = item(Some(id), "text", Some(text.as_bytes()), k as u64);
+            it.text = Some(text.clone());
+            it
+        })
+        .collect();
+    put(&s, "c", items);
+
+    let rec = s.get_item("c", "long").unwrap();
+    let kept = rec.text.as_deref().unwrap();
+    assert!(rec.text_truncated);
+    assert_eq!(
+        kept.len(),
+        MAX_RECORD_TEXT - 1,
+        "cut before the split character"
+    );
+    assert!(long.starts_with(kept));
+    assert_eq!(rec.content_len, long.len() as u64);
+    let hash = rec.content_hash.as_deref().unwrap();
+    assert_eq!(s.read_content("c", hash).unwrap(), long.as_bytes());
+
+    let rec = s.get_item("c", "short").unwrap();
+    assert_eq!(rec.text.as_deref(), Some("a short note"));
+    assert!(!rec.text_truncated);
+    // Records without the flag (written before it existed) read as not cut.
+    let json = serde_json::to_value(&rec).unwrap();
+    assert!(json.get("text_truncated").is_none());
+}

@@ -1,0 +1,137 @@
+//! Store records read back from disk: the input overwrites or removes one record of a valid
+//! sled database (collections, items, sequence numbers, vectors, content hashes, counters,
+//! metadata), then the store is opened and read in full. Damaged records must give errors
+//! (`corrupt` ones), never a panic.
+#![no_main]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use omnibind::store::{
+    IndexParams, NewCollection, NewItem, PutOptions, SledStore, Store, MAX_PAGE,
+};
+
+/// A store with two collections, texts and content files, a delete behind it; written once.
+fn template() -> &'static tempfile::TempDir {
+    static T: OnceLock<tempfile::TempDir> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for name in ["photos", "notes"] {
+            store
+                .create_collection(NewCollection {
+                    name: name.into(),
+                    model: "m".into(),
+                    dim: 3,
+                    index: IndexParams::default(),
+                    auto_tags: vec![],
+                })
+                .unwrap();
+            let items = (0..4)
+                .map(|i| NewItem {
+                    id: (i % 2 == 0).then(|| format!("item-{i}")),
+                    modality: if i < 2 { "text" } else { "image" }.into(),
+                    content: Some(format!("content {name} {i}").into_bytes()),
+                    content_type: Some("text/plain".into()),
+                    text: Some(format!("text {i}")),
+                    metadata: serde_json::json!({ "i": i }),
+                    model: "m".into(),
+                    weights_hash: "w".into(),
+                    preprocess_version: "1".into(),
+                    vector: vec![1.0, i as f32, 0.5],
+                })
+                .collect();
+            store.put_items(name, items, PutOptions::default()).unwrap();
+        }
+        store.delete_item("notes", "item-2").unwrap();
+        drop(store);
+        dir
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every read the layers above make, on every collection and item.
+fn read_everything(store: &SledStore) {
+    let Ok(collections) = store.list_collections() else {
+        return;
+    };
+    for c in collections {
+        let name = c.name.as_str();
+        let _ = store.get_collection(name);
+        let _ = store.generation(name);
+        let _ = store.modality_counts(name);
+        if let Ok(vectors) = store.vectors(name) {
+            for (seq, _) in vectors.take(100).flatten() {
+                let _ = store.get_item_by_seq(name, seq);
+                let _ = store.get_vector(name, seq);
+            }
+        }
+        let mut cursor: Option<String> = None;
+        for _ in 0..20 {
+            let Ok(page) = store.list_items(name, MAX_PAGE.min(3), cursor.as_deref()) else {
+                break;
+            };
+            for item in &page.items {
+                let _ = store.get_item(name, &item.id);
+                if let Some(hash) = &item.content_hash {
+                    let _ = store.read_content(name, hash);
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        // A write and a delete on top of the damage.
+        let _ = store.delete_item(name, "item-0");
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let [tree_pick, key_pick, op, value @ ..] = input else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(template().path(), work.path());
+    {
+        let db = sled::open(work.path().join("db")).unwrap();
+        let mut names = db.tree_names();
+        names.sort();
+        let tree = db
+            .open_tree(&names[usize::from(*tree_pick) % names.len()])
+            .unwrap();
+        let keys: Vec<sled::IVec> = tree.iter().keys().map(|k| k.unwrap()).collect();
+        match (op % 3, keys.is_empty()) {
+            (0, false) => {
+                tree.insert(&keys[usize::from(*key_pick) % keys.len()], value)
+                    .unwrap();
+            }
+            (1, false) => {
+                tree.remove(&keys[usize::from(*key_pick) % keys.len()])
+                    .unwrap();
+            }
+            _ => {
+                // A new key: the value's first bytes, the rest as its value.
+                let split = usize::from(*key_pick).min(value.len());
+                tree.insert(&value[..split], &value[split..]).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
+    if let Ok(store) = SledStore::open(work.path()) {
+        read_everything(&store);
+    }
+});
