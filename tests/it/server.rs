@@ -810,6 +810,22 @@ fn item_lifecycle_pagination_content_and_duplicates() {
     assert_eq!(body, image_bytes(png));
     let (_, ct, _, disp, body) = content(&jpg_id);
     assert_eq!((ct.as_deref(), disp), (Some("image/jpeg"), None));
+
+    // A long text: its record keeps the first 4096 bytes and says so; the content is whole,
+    // and short texts are not marked.
+    let long = "word ".repeat(2000);
+    let (s, v) = server.post(
+        "/v1/collections/c/items",
+        &json!({"items": [{"id": "long", "text": long}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, item) = server.get("/v1/collections/c/items/long");
+    assert_eq!(item["text_truncated"], true, "{item}");
+    assert_eq!(item["text"].as_str().unwrap(), &long[..4096]);
+    assert_eq!(content("long").4, long.as_bytes());
+    let (_, item) = server.get("/v1/collections/c/items/third");
+    assert!(item.get("text_truncated").is_none(), "{item}");
+    assert_eq!(server.delete("/v1/collections/c/items/long").0, 204);
     assert_eq!(body, image_bytes(jpg));
     let (s, v) = server.post(
         "/v1/collections/c/items",
