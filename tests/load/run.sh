@@ -4,7 +4,9 @@
 #   2. wrk, CONNS connections for DURATION: vector searches, then 1 MB text uploads;
 #   3. resident memory after each phase, answers by status, p50/p95/p99;
 #   4. SIGKILL during uploads, then time to /readyz; a graceful stop, then time to /readyz.
-# Needs wrk, curl and python3. Usage: tests/load/run.sh [path/to/omnibind]
+# Needs wrk, curl and python3, and disk for what the uploads store (each 60-s upload phase
+# stores about 8-9 GB of 1 MB texts here); the data directory is removed at the end unless
+# KEEP_DATA=1. Usage: tests/load/run.sh [path/to/omnibind]
 # Environment: ITEMS (10000), CONNS (50), DURATION (60s), PORT (6620), OUT (a temporary dir).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -60,4 +62,5 @@ start
 echo "restart after graceful stop to ready: $(wait_ready) s"
 kill -TERM "$pid"; wait "$pid" || true
 echo "5xx answers (wrk): $(cat "$out"/search.txt "$out"/upload*.txt | awk '/^status 5/ { n += $3 } END { print n + 0 }')"
+[ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$out/data"
 echo "logs and wrk output: $out"
