@@ -265,20 +265,67 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
+/// `lowpass_filter_width` of torchaudio's resampler.
+const LOWPASS_WIDTH: f64 = 6.0;
+
+/// Most kernel values [`resample`] may build for an upload (4 Mi values, 16 MB). Every usual
+/// sample rate needs far fewer (44.1 kHz: 160 phases of 455 taps); a rate whose ratio to 16 kHz
+/// does not reduce, such as 44,101 Hz, would need about 700 million (2.8 GB).
+pub const MAX_RESAMPLE_KERNEL: usize = 1 << 22;
+
+/// The reduced rates, the kernel's half width and taps, and the cut-off of a resampling.
+struct ResampleGeometry {
+    of: usize,
+    nf: usize,
+    width: usize,
+    taps: usize,
+    base: f64,
+}
+
+impl ResampleGeometry {
+    fn new(orig: u32, new: u32) -> Self {
+        let g = gcd(orig as u64, new as u64).max(1);
+        let (of, nf) = ((orig as u64 / g) as usize, (new as u64 / g) as usize);
+        let base = of.min(nf) as f64 * 0.99;
+        let width = (LOWPASS_WIDTH * of as f64 / base).ceil() as usize;
+        Self {
+            of,
+            nf,
+            width,
+            taps: 2 * width + of,
+            base,
+        }
+    }
+}
+
+/// Values in [`resample`]'s kernel for these rates (0 when no resampling is needed).
+pub fn resample_kernel_len(orig: u32, new: u32) -> usize {
+    if orig == new {
+        return 0;
+    }
+    let g = ResampleGeometry::new(orig, new);
+    g.nf.saturating_mul(g.taps)
+}
+
 /// torchaudio's `functional.resample(x, orig, new)` with its defaults (`sinc_interp_hann`,
 /// `lowpass_filter_width` 6, `rolloff` 0.99). The kernel is built with the reference's formula
 /// and rounding (float64, the output phase offsets divided in float32, then the kernel rounded
 /// to float32); the convolution sums in f64.
+///
+/// The kernel holds `new / g` phases of `2 * width + orig / g` taps, `g` the rates' greatest
+/// common divisor: see [`resample_kernel_len`], and check it first for untrusted rates.
 pub fn resample(x: &[f32], orig: u32, new: u32) -> Vec<f32> {
     if orig == new || x.is_empty() {
         return x.to_vec();
     }
-    let g = gcd(orig as u64, new as u64);
-    let (of, nf) = ((orig as u64 / g) as usize, (new as u64 / g) as usize);
-    let lowpass = 6.0f64;
-    let base = of.min(nf) as f64 * 0.99;
-    let width = (lowpass * of as f64 / base).ceil() as usize;
-    let taps = 2 * width + of;
+    let ResampleGeometry {
+        of,
+        nf,
+        width,
+        taps,
+        base,
+    } = ResampleGeometry::new(orig, new);
+    let lowpass = LOWPASS_WIDTH;
     let mut kernel = vec![0f32; nf * taps];
     for p in 0..nf {
         // torch.arange(0, -new, -1) / new: an int64 tensor divided in float32.
@@ -526,6 +573,15 @@ pub fn clip_fbanks(
     if wave.is_empty() {
         return Err(EmbedError::InvalidInput("audio has no samples".into()));
     }
+    let kernel = resample_kernel_len(wave.sample_rate, SAMPLE_RATE);
+    if kernel > MAX_RESAMPLE_KERNEL {
+        return Err(EmbedError::InvalidInput(format!(
+            "sample rate {} Hz is not supported: resampling it to {SAMPLE_RATE} Hz would need a \
+             {kernel}-value filter (at most {MAX_RESAMPLE_KERNEL}); use a usual rate such as \
+             44.1 or 48 kHz",
+            wave.sample_rate
+        )));
+    }
     let mut chans: Vec<Vec<f32>> = wave
         .channels
         .iter()
@@ -635,5 +691,55 @@ mod tests {
             channels: vec![vec![0.1; 300]],
         };
         assert!(clip_fbanks(&w, &fb, &AudioPreprocessConfig::default()).is_err());
+    }
+
+    /// A 16-bit mono PCM WAV of `n` samples at `rate` Hz.
+    fn pcm_wav(rate: u32, n: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| (((i as f32 * 0.05).sin() * 8000.0) as i16).to_le_bytes())
+            .collect();
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        out.extend_from_slice(&1u16.to_le_bytes()); // mono
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate.wrapping_mul(2)).to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// Found by the `audio` fuzz target: a WAV claiming 4,294,952,576 Hz made the resampler
+    /// allocate gigabytes for its kernel. Rates whose kernel is too large are refused; every
+    /// usual rate still works.
+    #[test]
+    fn sample_rates_needing_a_huge_resampling_kernel_are_refused() {
+        for rate in [
+            8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400,
+            192000, 352800, 384000, 768000,
+        ] {
+            let len = resample_kernel_len(rate, SAMPLE_RATE);
+            assert!(len <= MAX_RESAMPLE_KERNEL / 4, "{rate} Hz: {len}");
+        }
+        assert!(resample_kernel_len(44101, SAMPLE_RATE) > MAX_RESAMPLE_KERNEL);
+        let fb = Fbank::new(SAMPLE_RATE, 16).unwrap();
+        let cfg = AudioPreprocessConfig {
+            num_mel_bins: 16,
+            target_len: 24,
+            ..AudioPreprocessConfig::default()
+        };
+        for rate in [44101, 4_294_952_576] {
+            let err = preprocess(&pcm_wav(rate, 1600), &fb, &cfg).unwrap_err();
+            assert!(
+                matches!(&err, EmbedError::InvalidInput(m) if m.contains("not supported")),
+                "{rate} Hz: {err}"
+            );
+        }
+        assert!(preprocess(&pcm_wav(22050, 1600), &fb, &cfg).is_ok());
     }
 }
