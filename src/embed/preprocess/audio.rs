@@ -34,6 +34,54 @@ pub const FBANK_STD: f32 = 9.138;
 /// Longest accepted input, in samples per channel (one hour at 48 kHz).
 pub const MAX_SAMPLES: usize = 48_000 * 3600;
 
+/// Most channels an audio upload may have (checked from a WAV header before decoding).
+pub const MAX_CHANNELS: u16 = 64;
+
+/// Checks a WAV file's `fmt ` chunk before the decoder reads it: 1 to [`MAX_CHANNELS`]
+/// channels, a non-zero sample rate, at most 64 bits per sample. symphonia multiplies channels
+/// by bytes per sample in 16 bits unchecked (found by the `audio` fuzz target: 64,513 channels).
+/// Other containers, and WAV files whose chunks cannot be walked, are left to the decoder.
+fn check_wav_header(bytes: &[u8]) -> Result<(), EmbedError> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Ok(());
+    }
+    let u16_at = |i: usize| {
+        bytes
+            .get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut at = 12usize;
+    while let (Some(id), Some(size)) = (bytes.get(at..at + 4), u32_at(at + 4)) {
+        if id == b"fmt " {
+            let (Some(channels), Some(rate), Some(bits)) =
+                (u16_at(at + 10), u32_at(at + 12), u16_at(at + 22))
+            else {
+                return Ok(());
+            };
+            if channels == 0 || channels > MAX_CHANNELS {
+                return Err(EmbedError::InvalidInput(format!(
+                    "WAV: {channels} channels (1 to {MAX_CHANNELS} are accepted)"
+                )));
+            }
+            if rate == 0 || bits > 64 {
+                return Err(EmbedError::InvalidInput(format!(
+                    "WAV: invalid format ({rate} Hz, {bits} bits per sample)"
+                )));
+            }
+            return Ok(());
+        }
+        at = at
+            .saturating_add(8)
+            .saturating_add(size as usize + (size as usize & 1));
+    }
+    Ok(())
+}
+
 /// Decoded audio: `channels` planar channels of equal length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waveform {
@@ -82,6 +130,7 @@ pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     if bytes.is_empty() {
         return Err(EmbedError::InvalidInput("audio file is empty".into()));
     }
+    check_wav_header(bytes)?;
     let what = sniff(bytes);
     let decode_err = |e: SymError| match e {
         SymError::Unsupported(f) => {
@@ -741,5 +790,29 @@ mod tests {
             );
         }
         assert!(preprocess(&pcm_wav(22050, 1600), &fb, &cfg).is_ok());
+    }
+
+    /// Found by the `audio` fuzz target: a WAV header claiming 64,513 channels overflowed a
+    /// 16-bit multiplication inside the decoder. Channel counts are checked first.
+    #[test]
+    fn wav_channel_counts_are_checked_before_decoding() {
+        let with_channels = |n: u16| {
+            let mut w = pcm_wav(16000, 1600);
+            w[22..24].copy_from_slice(&n.to_le_bytes());
+            w
+        };
+        for n in [0, 65, 64_513] {
+            let err = decode_audio(&with_channels(n)).unwrap_err();
+            assert!(matches!(err, EmbedError::InvalidInput(_)), "{n}: {err}");
+        }
+        assert!(decode_audio(&with_channels(1)).is_ok());
+        // The fmt chunk after another chunk is found too.
+        let mut w = pcm_wav(16000, 1600);
+        let mut list = b"LIST".to_vec();
+        list.extend_from_slice(&3u32.to_le_bytes());
+        list.extend_from_slice(b"abc\0");
+        w.splice(12..12, list);
+        w[34..36].copy_from_slice(&300u16.to_le_bytes());
+        assert!(decode_audio(&w).is_err());
     }
 }

@@ -68,7 +68,41 @@ fn check_header(bytes: &[u8]) -> Result<(), EmbedError> {
             _ => {}
         }
     }
+    // npyz multiplies the shape out unchecked: a shape whose product overflows (found by the
+    // `depth` fuzz target) must be refused here. Each value takes at least one byte.
+    if let Some(dims) = shape_of(header) {
+        let fits = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_some_and(|n| n <= bytes.len() as u64);
+        if !fits {
+            return Err(bad(format!(
+                "shape {dims:?} needs more data than the file holds"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The integers of the header's `'shape': (...)` tuple, when it has that form.
+fn shape_of(header: &[u8]) -> Option<Vec<u64>> {
+    let text = std::str::from_utf8(header).ok()?;
+    let after = &text[text.find("shape")? + "shape".len()..];
+    let open = after.find('(')?;
+    if !after[..open]
+        .trim_start_matches(['\'', '"'])
+        .trim()
+        .starts_with(':')
+    {
+        return None;
+    }
+    let inner = &after[open + 1..open + 1 + after[open + 1..].find(')')?];
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().ok())
+        .collect()
 }
 
 /// Parses `.npy` bytes.
@@ -215,5 +249,27 @@ mod tests {
         v2.extend_from_slice(b"{'descr': '<f4'");
         assert!(read_npy(&v2).unwrap_err().to_string().contains("cut short"));
         assert!(read_npy(b"\x93NUMPY\x09\x00\x10\x00{}").is_err());
+    }
+
+    /// Found by the `depth` fuzz target: a shape whose product overflows made npyz's header
+    /// reading panic (an unchecked multiplication); such shapes are refused before npyz.
+    #[test]
+    fn shapes_whose_size_overflows_are_refused_before_parsing() {
+        let huge = "(51230947761132375590, 8)";
+        assert!(read_npy(&npy(">u8", false, huge, &[0; 8])).is_err());
+        let err = read_npy(&npy(">u8", false, "(4611686018427387904, 8)", &[0; 8])).unwrap_err();
+        assert!(
+            err.to_string().contains("more data than the file holds"),
+            "{err}"
+        );
+        assert_eq!(
+            shape_of(b"{'descr': '<f4', 'shape': (2, 3), }"),
+            Some(vec![2, 3])
+        );
+        assert_eq!(
+            shape_of(b"{'descr': '<f4', 'shape': (7,), }"),
+            Some(vec![7])
+        );
+        assert_eq!(shape_of(b"{'descr': '<f4', 'shape': (), }"), Some(vec![]));
     }
 }
