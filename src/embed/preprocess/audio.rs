@@ -40,7 +40,19 @@ pub const MAX_CHANNELS: u16 = 64;
 /// Checks a WAV file's `fmt ` chunk before the decoder reads it: 1 to [`MAX_CHANNELS`]
 /// channels, a non-zero sample rate, at most 64 bits per sample. symphonia multiplies channels
 /// by bytes per sample in 16 bits unchecked (found by the `audio` fuzz target: 64,513 channels).
-/// Other containers, and WAV files whose chunks cannot be walked, are left to the decoder.
+/// The decoder's probe looks for a container's marker past the first byte, so every
+/// `RIFF....WAVE` header in the bytes is checked. Other containers, and WAV files whose chunks
+/// cannot be walked, are left to the decoder.
+fn check_wav_headers(bytes: &[u8]) -> Result<(), EmbedError> {
+    let mut from = 0;
+    while let Some(i) = bytes[from..].windows(4).position(|w| w == b"RIFF") {
+        check_wav_header(&bytes[from + i..])?;
+        from += i + 4;
+    }
+    Ok(())
+}
+
+/// [`check_wav_headers`] for a header at the start of `bytes`.
 fn check_wav_header(bytes: &[u8]) -> Result<(), EmbedError> {
     if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Ok(());
@@ -130,7 +142,7 @@ pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     if bytes.is_empty() {
         return Err(EmbedError::InvalidInput("audio file is empty".into()));
     }
-    check_wav_header(bytes)?;
+    check_wav_headers(bytes)?;
     let what = sniff(bytes);
     let decode_err = |e: SymError| match e {
         SymError::Unsupported(f) => {
@@ -814,5 +826,10 @@ mod tests {
         w.splice(12..12, list);
         w[34..36].copy_from_slice(&300u16.to_le_bytes());
         assert!(decode_audio(&w).is_err());
+        // A header after leading junk, which the decoder's probe finds (the fuzzer's "Og" + WAV).
+        let mut w = b"Og".to_vec();
+        w.extend(with_channels(65_535));
+        let err = decode_audio(&w).unwrap_err();
+        assert!(matches!(err, EmbedError::InvalidInput(_)), "{err}");
     }
 }
