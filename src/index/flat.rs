@@ -122,10 +122,7 @@ impl Index for FlatIndex {
     }
 
     fn holds(&self, id: u64, vector: &[f32]) -> bool {
-        let Ok(v) = vector::normalised(self.dim, vector) else {
-            return false;
-        };
-        read_lock(&self.store).get(id) == Some(&v[..])
+        read_lock(&self.store).holds(id, vector)
     }
 
     fn search(

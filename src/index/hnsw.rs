@@ -613,10 +613,7 @@ impl Index for HnswIndex {
     }
 
     fn holds(&self, id: u64, vector: &[f32]) -> bool {
-        let Ok(v) = vector::normalised(self.dim, vector) else {
-            return false;
-        };
-        read_lock(&self.state).vectors.get(id) == Some(&v[..])
+        read_lock(&self.state).vectors.holds(id, vector)
     }
 
     fn search(

@@ -192,6 +192,12 @@ impl VectorStore {
         Some(&self.data[slot * self.dim..(slot + 1) * self.dim])
     }
 
+    /// Whether `id` holds exactly the normalised form of `vector` (false for an invalid one):
+    /// what [`super::Index::holds`] answers for both index kinds.
+    pub(crate) fn holds(&self, id: u64, vector: &[f32]) -> bool {
+        normalised(self.dim, vector).is_ok_and(|v| self.get(id) == Some(&v[..]))
+    }
+
     /// Stores `vector` (already normalised) under `id`; returns true when it replaced one.
     pub(crate) fn upsert(&mut self, id: u64, vector: &[f32]) -> bool {
         debug_assert_eq!(vector.len(), self.dim);
