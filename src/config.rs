@@ -127,6 +127,11 @@ pub struct EmbedSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexSettings {
+    /// Index kind of every collection: `hnsw` (the project's own graph, the default) or
+    /// `hnsw_rs` (the hnsw_rs crate's graph, kept for comparison). Dumps of another kind are
+    /// rebuilt from the store at start-up.
+    #[serde(default)]
+    pub kind: crate::index::IndexKind,
     pub m: usize,
     pub ef_construction: usize,
     pub ef_search: usize,

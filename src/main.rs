@@ -43,6 +43,8 @@ enum DataCommand {
 enum BenchCommand {
     /// Upload throughput and search latency of a running server, over HTTP.
     Http(omnibind::bench::HttpBenchArgs),
+    /// The vector indexes in-process: build, memory, dump size, recall and queries/s.
+    Index(omnibind::bench::IndexBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => omnibind::cli::train(args),
         Command::Eval(args) => omnibind::cli::eval(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
+        Command::Bench(BenchCommand::Index(args)) => omnibind::bench::index(args),
         Command::Data(DataCommand::Openmoji(args)) => omnibind::cli::data_openmoji(args),
         Command::Ingest(args) => {
             let summary = omnibind::cli::ingest(args)?;

@@ -1,11 +1,11 @@
-//! Index dumps read at start-up: the manifest, the flat index's vector file and the HNSW id
-//! map. The input damages one file of a valid dump (replace, overwrite at an offset, or cut)
-//! and may re-seal the checksums so the damage reaches the parsers behind them; `load` must
-//! then give an index that answers searches, or an error.
+//! Index dumps read at start-up: the manifest, the flat index's vector file, the HNSW graph
+//! file and the hnsw_rs id map. The input damages one file of a valid dump (replace, overwrite
+//! at an offset, or cut) and may re-seal the checksums so the damage reaches the parsers behind
+//! them; `load` must then give an index that answers searches, or an error.
 //!
-//! hnsw_rs's own graph files are damaged but never re-sealed: its loader calls
-//! `process::exit` on some read errors, which no caller can catch (SECURITY.md); the
-//! checksums are what keeps such files from reaching it.
+//! The graph files of the hnsw_rs kind (`*.hnsw.graph`, `*.hnsw.data`) are damaged but never
+//! re-sealed: hnsw_rs's loader calls `process::exit` on some read errors, which no caller can
+//! catch (SECURITY.md); the checksums are what keeps such files from reaching it.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -23,12 +23,12 @@ fn config() -> IndexConfig {
     }
 }
 
-/// Two valid dumps (flat and HNSW, with deletes behind them), written once.
-fn templates() -> &'static (tempfile::TempDir, [PathBuf; 2]) {
-    static T: OnceLock<(tempfile::TempDir, [PathBuf; 2])> = OnceLock::new();
+/// Three valid dumps (flat, HNSW and hnsw_rs, with deletes behind them), written once.
+fn templates() -> &'static (tempfile::TempDir, [PathBuf; 3]) {
+    static T: OnceLock<(tempfile::TempDir, [PathBuf; 3])> = OnceLock::new();
     T.get_or_init(|| {
         let root = tempfile::tempdir().unwrap();
-        let dirs = [IndexKind::Flat, IndexKind::Hnsw].map(|kind| {
+        let dirs = [IndexKind::Flat, IndexKind::Hnsw, IndexKind::HnswRs].map(|kind| {
             let dir = root.path().join(kind.to_string());
             let index = new_index(kind, DIM, &config()).unwrap();
             for id in 0..24u64 {
@@ -58,7 +58,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let (_, dirs) = templates();
-    let template = &dirs[usize::from(mode & 1)];
+    let template = &dirs[usize::from(mode & 1 | (mode >> 4) & 2) % 3];
     let work = tempfile::tempdir().unwrap();
     for f in files(template) {
         std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::config::{IndexSettings, Settings};
 use crate::embed::registry::Registry;
 use crate::embed::{EmbedError, Encoder, Input, Modality, ModelInfo};
-use crate::index::{self, Index, IndexConfig, IndexError, IndexKind, SearchParams};
+use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
 use crate::ingest::{detect, EmbedQueue, QueueFull};
 use crate::store::{
     CollectionRecord, IndexParams, ItemRecord, NewCollection, NewItem, PutOptions, PutOutcome,
@@ -250,7 +250,7 @@ impl Engine {
 
     fn empty_index(&self, record: &CollectionRecord, cfg: &IndexConfig) -> Result<Arc<dyn Index>> {
         Ok(Arc::from(index::new_index(
-            IndexKind::Hnsw,
+            self.index_defaults.kind,
             record.dim as usize,
             cfg,
         )?))
@@ -277,8 +277,15 @@ impl Engine {
             .exists()
             .then(|| index::load(&dir, &cfg))
         {
-            Some(Ok(l)) if l.index.dim() == record.dim as usize => {
+            Some(Ok(l))
+                if l.index.dim() == record.dim as usize
+                    && l.index.kind() == self.index_defaults.kind =>
+            {
                 (Arc::from(l.index), l.stamp == generation)
+            }
+            Some(Ok(l)) if l.index.kind() != self.index_defaults.kind => {
+                tracing::info!(collection = %record.name, dump = %l.index.kind(), configured = %self.index_defaults.kind, "index dump of another kind; rebuilding from the store");
+                (self.empty_index(&record, &cfg)?, false)
             }
             Some(Ok(l)) => {
                 tracing::warn!(collection = %record.name, dim = l.index.dim(), "index dump has another dimension; rebuilding from the store");

@@ -8,13 +8,12 @@
 //! Dump: one file `vectors-<tag>.bin`, little-endian: magic `OBFLAT01`, `dim: u64`,
 //! `count: u64`, `count` ids (`u64`), then `count * dim` values (`f32`), already normalised.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use super::persist::{
-    self, corrupt, io_error, read_f32s, read_u64s, write_f32s, write_u64s, HashingReader, Manifest,
-    ReadError,
+    self, corrupt, io_error, read_f32s, read_u64s, write_f32s, write_u64s, Manifest, ReadError,
 };
 use super::vector::{self, VectorStore};
 use super::{
@@ -68,15 +67,9 @@ impl FlatIndex {
                 ))
             }
         };
-        let path = entry.path_in(dir)?;
-        let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
-        let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
-        // The length is checked before reading, the checksum once everything is read.
-        entry.check_len(dir, file_len)?;
-        let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-        let store = read_vectors(&mut reader, manifest.dim, manifest.live, file_len)
-            .map_err(|e| e.into_index_error(&path))?;
-        entry.check(dir, reader.len(), reader.hash())?;
+        let store = persist::read_checked(dir, entry, |r, file_len| {
+            read_vectors(r, manifest.dim, manifest.live, file_len)
+        })?;
         Ok(Self::from_store(store))
     }
 }
@@ -122,7 +115,7 @@ impl Index for FlatIndex {
     }
 
     fn holds(&self, id: u64, vector: &[f32]) -> bool {
-        read_lock(&self.store).holds(id, vector)
+        vector::holds(read_lock(&self.store).get(id), self.dim, vector)
     }
 
     fn search(

@@ -6,14 +6,15 @@
 //! item store or of encoders (it never imports axum, `crate::store` or `crate::embed`): the
 //! store is the source of truth, and an index dump is a cache the caller may always rebuild
 //! from it. Failures come back as an [`IndexError`]: bad vectors, missing, truncated or
-//! corrupt dump files give errors, not panics. The one gap is a dump whose damaged files come
-//! with checksums forged to match: it reaches hnsw_rs's loader, whose panics are caught but
-//! whose `process::exit` calls (on some read errors) cannot be.
+//! corrupt dump files give errors, not panics. The one gap is an `hnsw_rs` dump whose damaged
+//! files come with checksums forged to match: it reaches hnsw_rs's loader, whose panics are
+//! caught but whose `process::exit` calls (on some read errors) cannot be.
 //!
 //! - [`FlatIndex`] ([`flat`]): exact scan. Small collections, `exact: true` queries, and the
 //!   oracle of the tests.
-//! - [`HnswIndex`] ([`hnsw`]): approximate search on an hnsw_rs graph, with tombstone deletes,
-//!   background rebuilds and an exact fallback for small collections.
+//! - `hnsw` (the default, [`hnsw`]): approximate search on the project's own HNSW graph, with
+//!   tombstone deletes, background rebuilds and an exact fallback for small collections.
+//! - `hnsw_rs`: the same layer on an hnsw_rs graph, kept for comparison (BENCHMARKS.md).
 //!
 //! Scores are cosine similarities: vectors are normalised on insert and the score of a hit is
 //! the dot product of the normalised query and item, higher is better. Results are sorted by
@@ -33,7 +34,8 @@ mod vector;
 mod tests;
 
 pub use flat::FlatIndex;
-pub use hnsw::HnswIndex;
+pub use hnsw::BATCH_CHUNK;
+pub(crate) use hnsw::{HnswIndex, HnswRsIndex};
 
 /// Result of index operations.
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -62,9 +64,12 @@ pub struct SearchParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IndexKind {
-    /// Approximate search on a hierarchical navigable small-world graph.
+    /// Approximate search on a hierarchical navigable small-world graph (the project's own).
     #[default]
     Hnsw,
+    /// The same on an hnsw_rs graph: slower and larger, kept for comparison.
+    #[serde(rename = "hnsw_rs")]
+    HnswRs,
     /// Exact search by scanning every vector.
     Flat,
 }
@@ -73,6 +78,7 @@ impl std::fmt::Display for IndexKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             IndexKind::Hnsw => "hnsw",
+            IndexKind::HnswRs => "hnsw_rs",
             IndexKind::Flat => "flat",
         })
     }
@@ -272,6 +278,7 @@ pub fn new_index(kind: IndexKind, dim: usize, config: &IndexConfig) -> Result<Bo
     Ok(match kind {
         IndexKind::Flat => Box::new(FlatIndex::new(dim, config)?),
         IndexKind::Hnsw => Box::new(HnswIndex::new(dim, config)?),
+        IndexKind::HnswRs => Box::new(HnswRsIndex::new(dim, config)?),
     })
 }
 
@@ -330,6 +337,7 @@ pub fn load(dir: &Path, config: &IndexConfig) -> Result<LoadedIndex> {
     let index: Box<dyn Index> = match manifest.kind {
         IndexKind::Flat => Box::new(FlatIndex::load_manifest(dir, &manifest, config)?),
         IndexKind::Hnsw => Box::new(HnswIndex::load_manifest(dir, &manifest, config)?),
+        IndexKind::HnswRs => Box::new(HnswRsIndex::load_manifest(dir, &manifest, config)?),
     };
     Ok(LoadedIndex {
         index,

@@ -24,7 +24,7 @@ pub(crate) const MANIFEST: &str = "manifest.json";
 /// Value of the manifest's `format` field.
 const FORMAT: &str = "omnibind-index";
 /// Version of the dump layout this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Prefixes of the data files this module creates; only such files are ever deleted.
 const OWNED_PREFIXES: [&str; 3] = ["vectors-", "graph-", "manifest.json.tmp-"];
 
@@ -330,6 +330,24 @@ pub(crate) fn write_new_file(
     ))
 }
 
+/// Opens the file `entry` names in `dir`, checks its length, lets `parse` read it (given the
+/// file's length, to bound allocations before making them), then checks the checksum of what
+/// was read.
+pub(crate) fn read_checked<T>(
+    dir: &Path,
+    entry: &FileEntry,
+    parse: impl FnOnce(&mut dyn Read, u64) -> Result<T, ReadError>,
+) -> Result<T> {
+    let path = entry.path_in(dir)?;
+    let file = File::open(&path).map_err(|e| io_error(&path, e))?;
+    let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+    entry.check_len(dir, file_len)?;
+    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    let value = parse(&mut reader, file_len).map_err(|e| e.into_index_error(&path))?;
+    entry.check(dir, reader.len(), reader.hash())?;
+    Ok(value)
+}
+
 /// Fsyncs a file written by someone else (hnsw_rs) and returns its manifest entry.
 pub(crate) fn seal_foreign_file(dir: &Path, name: &str) -> Result<FileEntry> {
     let path = dir.join(name);
@@ -464,16 +482,32 @@ pub(crate) struct Manifest {
     /// Flat index: ids and vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) vectors: Option<FileEntry>,
-    /// HNSW index: the graph.
+    /// hnsw_rs index: its graph dump and id map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) graph: Option<GraphSection>,
+    /// HNSW index on the project's own graph: one file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hnsw: Option<HnswSection>,
     /// XXH64 of this manifest serialised with an empty `checksum`: a damaged manifest that
     /// still parses (a flipped digit in `stamp` or `dim`) is caught too.
     #[serde(default)]
     pub(crate) checksum: String,
 }
 
-/// The HNSW part of a manifest.
+/// The part of a manifest for the project's own HNSW graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HnswSection {
+    pub(crate) m: usize,
+    pub(crate) ef_construction: usize,
+    /// Points in the graph, tombstoned ones included.
+    pub(crate) points: usize,
+    pub(crate) tombstones: usize,
+    /// The graph file: vectors, links and ids.
+    pub(crate) file: FileEntry,
+}
+
+/// The hnsw_rs part of a manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GraphSection {
@@ -515,6 +549,7 @@ impl Manifest {
             live,
             vectors: None,
             graph: None,
+            hnsw: None,
             checksum: String::new(),
         }
     }
@@ -532,11 +567,23 @@ impl Manifest {
         format!("{:016x}", hasher.finish())
     }
 
+    /// The graph parameters (`m`, `ef_construction`) of a graph dump, whichever its kind.
+    pub(crate) fn graph_params(&self) -> Option<(usize, usize)> {
+        match (&self.hnsw, &self.graph) {
+            (Some(section), _) => Some((section.m, section.ef_construction)),
+            (_, Some(section)) => Some((section.m, section.ef_construction)),
+            (None, None) => None,
+        }
+    }
+
     /// Names of the data files this manifest refers to.
     pub(crate) fn file_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         if let Some(vectors) = &self.vectors {
             names.push(vectors.name.clone());
+        }
+        if let Some(hnsw) = &self.hnsw {
+            names.push(hnsw.file.name.clone());
         }
         if let Some(graph) = &self.graph {
             names.push(graph.ids.name.clone());
@@ -580,9 +627,15 @@ impl Manifest {
         if manifest.dim == 0 {
             return Err(corrupt(&path, "manifest records dimension 0"));
         }
+        let sections = (
+            manifest.vectors.is_some(),
+            manifest.hnsw.is_some(),
+            manifest.graph.is_some(),
+        );
         let consistent = match manifest.kind {
-            IndexKind::Flat => manifest.vectors.is_some() && manifest.graph.is_none(),
-            IndexKind::Hnsw => manifest.graph.is_some() && manifest.vectors.is_none(),
+            IndexKind::Flat => sections == (true, false, false),
+            IndexKind::Hnsw => sections == (false, true, false),
+            IndexKind::HnswRs => sections == (false, false, true),
         };
         if !consistent {
             return Err(corrupt(&path, "manifest sections do not match its kind"));
@@ -631,6 +684,9 @@ pub(crate) fn reseal(dir: &Path) -> Result<()> {
     };
     if let Some(vectors) = &mut manifest.vectors {
         refresh(vectors)?;
+    }
+    if let Some(hnsw) = &mut manifest.hnsw {
+        refresh(&mut hnsw.file)?;
     }
     if let Some(graph) = &mut manifest.graph {
         refresh(&mut graph.ids)?;

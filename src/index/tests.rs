@@ -1,4 +1,4 @@
-//! Behaviour tests of both index kinds. The flat index is checked against a naive `f64`
+//! Behaviour tests of every index kind. The flat index is checked against a naive `f64`
 //! computation, the HNSW index against the flat index.
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,10 +34,13 @@ fn fast_graph_config() -> IndexConfig {
     }
 }
 
-fn both_kinds(dim: usize) -> Vec<Box<dyn Index>> {
+const ALL_KINDS: [IndexKind; 3] = [IndexKind::Flat, IndexKind::Hnsw, IndexKind::HnswRs];
+
+fn every_kind(dim: usize) -> Vec<Box<dyn Index>> {
     vec![
         new_index(IndexKind::Flat, dim, &IndexConfig::default()).unwrap(),
         new_index(IndexKind::Hnsw, dim, &graph_config()).unwrap(),
+        new_index(IndexKind::HnswRs, dim, &graph_config()).unwrap(),
     ]
 }
 
@@ -156,7 +159,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[test]
 fn wrong_dimension_is_rejected() {
-    for index in both_kinds(4) {
+    for index in every_kind(4) {
         let err = index.insert(1, &[1.0, 2.0, 3.0]).unwrap_err();
         assert!(
             matches!(
@@ -179,7 +182,7 @@ fn wrong_dimension_is_rejected() {
 
 #[test]
 fn non_finite_values_are_rejected() {
-    for index in both_kinds(3) {
+    for index in every_kind(3) {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let err = index.insert(7, &[1.0, bad, 0.0]).unwrap_err();
             assert!(
@@ -198,7 +201,7 @@ fn non_finite_values_are_rejected() {
 
 #[test]
 fn zero_vectors_are_rejected() {
-    for index in both_kinds(3) {
+    for index in every_kind(3) {
         let err = index.insert(1, &[0.0, -0.0, 0.0]).unwrap_err();
         assert!(matches!(err, IndexError::ZeroVector));
         assert!(err.to_string().contains("all zeros"));
@@ -211,7 +214,7 @@ fn zero_vectors_are_rejected() {
 
 #[test]
 fn a_bad_vector_in_a_batch_inserts_nothing() {
-    for index in both_kinds(2) {
+    for index in every_kind(2) {
         let good = [1.0f32, 0.0];
         let bad = [f32::NAN, 0.0];
         let err = index
@@ -279,7 +282,7 @@ fn config_round_trips_through_json_with_defaults() {
 
 #[test]
 fn scores_are_cosine_similarities_sorted_with_ties_by_id() {
-    for index in both_kinds(2) {
+    for index in every_kind(2) {
         index.insert(10, &[3.0, 4.0]).unwrap();
         index.insert(4, &[-3.0, -4.0]).unwrap();
         index.insert(9, &[0.6, 0.8]).unwrap(); // same direction as 10
@@ -301,7 +304,7 @@ fn scores_are_cosine_similarities_sorted_with_ties_by_id() {
 
 #[test]
 fn huge_k_and_ef_return_every_item() {
-    for index in both_kinds(2) {
+    for index in every_kind(2) {
         for id in 0..5u64 {
             index.insert(id, &[1.0, id as f32]).unwrap();
         }
@@ -318,7 +321,7 @@ fn huge_k_and_ef_return_every_item() {
 
 #[test]
 fn delete_and_reinsert() {
-    for index in both_kinds(3) {
+    for index in every_kind(3) {
         index.insert(1, &[1.0, 0.0, 0.0]).unwrap();
         index.insert(2, &[0.0, 1.0, 0.0]).unwrap();
         index.insert(3, &[0.0, 0.0, 1.0]).unwrap();
@@ -660,7 +663,7 @@ fn populated(kind: IndexKind, dim: usize, n: u64) -> (Box<dyn Index>, BTreeMap<u
 
 #[test]
 fn save_and_load_round_trip() {
-    for kind in [IndexKind::Flat, IndexKind::Hnsw] {
+    for kind in ALL_KINDS {
         let dir = tempfile::tempdir().unwrap();
         let (index, model) = populated(kind, 12, 400);
         index.save(dir.path(), 41).unwrap();
@@ -716,7 +719,7 @@ fn save_and_load_round_trip() {
 /// the changed items are written.
 #[test]
 fn catch_up_brings_a_stale_dump_in_line_with_the_source() {
-    for kind in [IndexKind::Flat, IndexKind::Hnsw] {
+    for kind in ALL_KINDS {
         let dir = tempfile::tempdir().unwrap();
         let (index, mut model) = populated(kind, 12, 400);
         index.save(dir.path(), 1).unwrap();
@@ -801,7 +804,7 @@ fn loaded_hnsw_keeps_its_tombstones_and_graph() {
 
 #[test]
 fn empty_indexes_round_trip() {
-    for kind in [IndexKind::Flat, IndexKind::Hnsw] {
+    for kind in ALL_KINDS {
         let dir = tempfile::tempdir().unwrap();
         new_index(kind, 5, &IndexConfig::default())
             .unwrap()
@@ -821,6 +824,15 @@ fn empty_indexes_round_trip() {
             )
             .unwrap();
         assert_eq!(hits[0].id, 3);
+    }
+}
+
+/// The first data file a manifest names, whatever its kind.
+fn first_file(manifest: &mut persist::Manifest) -> &mut persist::FileEntry {
+    match manifest.kind {
+        IndexKind::Flat => manifest.vectors.as_mut().unwrap(),
+        IndexKind::Hnsw => &mut manifest.hnsw.as_mut().unwrap().file,
+        IndexKind::HnswRs => &mut manifest.graph.as_mut().unwrap().ids,
     }
 }
 
@@ -857,9 +869,10 @@ fn assert_load_fails(dir: &Path, what: &str) -> IndexError {
 fn corrupted_dump_files_give_errors() {
     for (kind, suffix) in [
         (IndexKind::Flat, ".bin"),
-        (IndexKind::Hnsw, ".hnsw.graph"),
-        (IndexKind::Hnsw, ".hnsw.data"),
-        (IndexKind::Hnsw, ".ids"),
+        (IndexKind::Hnsw, ".hnsw"),
+        (IndexKind::HnswRs, ".hnsw.graph"),
+        (IndexKind::HnswRs, ".hnsw.data"),
+        (IndexKind::HnswRs, ".ids"),
     ] {
         // One flipped byte in the middle of the file.
         let dir = saved(kind);
@@ -890,7 +903,7 @@ fn corrupted_dump_files_give_errors() {
 fn a_loader_panic_becomes_an_error() {
     // Damage hnsw_rs's data file *and* forge the manifest's checksum, so the damage reaches
     // hnsw_rs's loader, which asserts on the magic number: the panic must come back as an error.
-    let dir = saved(IndexKind::Hnsw);
+    let dir = saved(IndexKind::HnswRs);
     let path = file_with_suffix(dir.path(), ".hnsw.data");
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
@@ -909,7 +922,7 @@ fn a_loader_panic_becomes_an_error() {
 
 #[test]
 fn damaged_manifests_give_errors() {
-    for kind in [IndexKind::Flat, IndexKind::Hnsw] {
+    for kind in ALL_KINDS {
         let dir = saved(kind);
         let manifest_path = dir.path().join("manifest.json");
         let original = std::fs::read(&manifest_path).unwrap();
@@ -943,10 +956,7 @@ fn damaged_manifests_give_errors() {
 
         // A consistently signed manifest whose file checksum is wrong.
         let mut manifest = persist::Manifest::read_unchecked(&original);
-        let entry = match kind {
-            IndexKind::Flat => manifest.vectors.as_mut().unwrap(),
-            IndexKind::Hnsw => &mut manifest.graph.as_mut().unwrap().ids,
-        };
+        let entry = first_file(&mut manifest);
         entry.xxh64 = "0000000000000000".into();
         std::fs::remove_file(&manifest_path).unwrap();
         manifest.publish(dir.path()).unwrap();
@@ -956,10 +966,7 @@ fn damaged_manifests_give_errors() {
 
         // A file name that escapes the directory.
         let mut manifest = persist::Manifest::read_unchecked(&original);
-        let entry = match kind {
-            IndexKind::Flat => manifest.vectors.as_mut().unwrap(),
-            IndexKind::Hnsw => &mut manifest.graph.as_mut().unwrap().ids,
-        };
+        let entry = first_file(&mut manifest);
         entry.name = "../elsewhere".into();
         std::fs::remove_file(&manifest_path).unwrap();
         manifest.publish(dir.path()).unwrap();
@@ -1054,63 +1061,13 @@ proptest! {
     /// keeps a high recall.
     #[test]
     fn indexes_match_the_oracle(ops in prop::collection::vec(op(), 1..300)) {
-        let dir = tempfile::tempdir().unwrap();
-        let flat = FlatIndex::new(DIM, &IndexConfig::default()).unwrap();
-        let mut hnsw = HnswIndex::new(DIM, &graph_config()).unwrap();
-        let mut model: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
-        let (mut found, mut total) = (0usize, 0usize);
-        for op in ops {
-            match op {
-                Op::Insert(id, v) => {
-                    flat.insert(id, &v).unwrap();
-                    hnsw.insert(id, &v).unwrap();
-                    model.insert(id, v);
-                }
-                Op::Batch(items) => {
-                    let refs: Vec<(u64, &[f32])> = items.iter().map(|(id, v)| (*id, &v[..])).collect();
-                    flat.insert_batch(&refs).unwrap();
-                    hnsw.insert_batch(&refs).unwrap();
-                    for (id, v) in items {
-                        model.insert(id, v);
-                    }
-                }
-                Op::Delete(id) => {
-                    let present = model.remove(&id).is_some();
-                    prop_assert_eq!(flat.delete(id), present);
-                    prop_assert_eq!(hnsw.delete(id), present);
-                }
-                Op::Search(q, k, modulus) => {
-                    let keep = move |id: u64| modulus.is_none_or(|m| id % m == 1);
-                    let filter = modulus.map(|_| &keep as &dyn Fn(u64) -> bool);
-                    let want = flat.search(&q, k, &SearchParams::default(), filter).unwrap();
-                    assert_top_k(&want, &model, &q, k, filter);
-                    let got = hnsw.search(&q, k, &SearchParams::default(), filter).unwrap();
-                    prop_assert_eq!(&got, &want);
-                    let graph = hnsw.search_graph_only(&q, k, 64, filter).unwrap();
-                    let (f, t) = recall(&graph, &want);
-                    found += f;
-                    total += t;
-                }
-                Op::Rebuild => {
-                    prop_assert!(hnsw.rebuild().unwrap());
-                    prop_assert_eq!(hnsw.tombstones(), 0);
-                }
-                Op::SaveLoad => {
-                    hnsw.save(dir.path(), model.len() as u64).unwrap();
-                    hnsw = HnswIndex::load(dir.path(), &graph_config()).unwrap();
-                }
-            }
-            prop_assert_eq!(flat.len(), model.len());
-            prop_assert_eq!(hnsw.len(), model.len());
-        }
-        hnsw.check_invariants();
-        for id in model.keys() {
-            prop_assert!(flat.contains(*id) && hnsw.contains(*id));
-        }
-        if total > 0 {
-            let measured = found as f64 / total as f64;
-            prop_assert!(measured >= 0.9, "graph-only recall {}", measured);
-        }
+        oracle_run::<hnsw::native::NativeGraph>(ops)?;
+    }
+
+    /// The same for the hnsw_rs backend.
+    #[test]
+    fn hnsw_rs_matches_the_oracle(ops in prop::collection::vec(op(), 1..300)) {
+        oracle_run::<hnsw::hnswrs::HnswRsGraph>(ops)?;
     }
 
     /// The flat index equals a naive computation on random real-valued data.
@@ -1132,4 +1089,70 @@ proptest! {
         let got = flat.search(&query, k, &SearchParams::default(), None).unwrap();
         assert_top_k(&got, &model, &query, k, None);
     }
+}
+
+/// One run of the oracle property for the backend `B`.
+fn oracle_run<B: hnsw::Backend>(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let flat = FlatIndex::new(DIM, &IndexConfig::default()).unwrap();
+    let mut hnsw = hnsw::GraphIndex::<B>::new(DIM, &graph_config()).unwrap();
+    let mut model: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+    let (mut found, mut total) = (0usize, 0usize);
+    for op in ops {
+        match op {
+            Op::Insert(id, v) => {
+                flat.insert(id, &v).unwrap();
+                hnsw.insert(id, &v).unwrap();
+                model.insert(id, v);
+            }
+            Op::Batch(items) => {
+                let refs: Vec<(u64, &[f32])> = items.iter().map(|(id, v)| (*id, &v[..])).collect();
+                flat.insert_batch(&refs).unwrap();
+                hnsw.insert_batch(&refs).unwrap();
+                for (id, v) in items {
+                    model.insert(id, v);
+                }
+            }
+            Op::Delete(id) => {
+                let present = model.remove(&id).is_some();
+                prop_assert_eq!(flat.delete(id), present);
+                prop_assert_eq!(hnsw.delete(id), present);
+            }
+            Op::Search(q, k, modulus) => {
+                let keep = move |id: u64| modulus.is_none_or(|m| id % m == 1);
+                let filter = modulus.map(|_| &keep as &dyn Fn(u64) -> bool);
+                let want = flat
+                    .search(&q, k, &SearchParams::default(), filter)
+                    .unwrap();
+                assert_top_k(&want, &model, &q, k, filter);
+                let got = hnsw
+                    .search(&q, k, &SearchParams::default(), filter)
+                    .unwrap();
+                prop_assert_eq!(&got, &want);
+                let graph = hnsw.search_graph_only(&q, k, 64, filter).unwrap();
+                let (f, t) = recall(&graph, &want);
+                found += f;
+                total += t;
+            }
+            Op::Rebuild => {
+                prop_assert!(hnsw.rebuild().unwrap());
+                prop_assert_eq!(hnsw.tombstones(), 0);
+            }
+            Op::SaveLoad => {
+                hnsw.save(dir.path(), model.len() as u64).unwrap();
+                hnsw = hnsw::GraphIndex::<B>::load(dir.path(), &graph_config()).unwrap();
+            }
+        }
+        prop_assert_eq!(flat.len(), model.len());
+        prop_assert_eq!(hnsw.len(), model.len());
+    }
+    hnsw.check_invariants();
+    for id in model.keys() {
+        prop_assert!(flat.contains(*id) && hnsw.contains(*id));
+    }
+    if total > 0 {
+        let measured = found as f64 / total as f64;
+        prop_assert!(measured >= 0.9, "graph-only recall {}", measured);
+    }
+    Ok(())
 }

@@ -39,47 +39,81 @@ pub(crate) fn normalised(dim: usize, vector: &[f32]) -> Result<Vec<f32>> {
 
 /// Dot product of two equally long slices.
 ///
-/// Written for the auto-vectoriser: 32 independent accumulators (eight SSE or four AVX
-/// registers) hide the latency of the additions, so a scan runs at memory bandwidth rather than
-/// at the speed of one dependent chain of adds. Plain index loops (no iterator adapters) also
-/// keep unoptimised test builds tolerable. Runtime dispatch to AVX2/FMA variants measured
-/// slower on the development machine (Zen 4), so there is one portable kernel; the same code
-/// path everywhere also keeps scores bit-identical between the flat and the HNSW index.
+/// Runs on the widest SIMD instruction set the CPU offers, detected once at run time by pulp
+/// (AVX-512 or AVX2+FMA on x86-64, NEON on aarch64, scalar elsewhere), with four independent
+/// accumulators: a single chain of fused multiply-adds would wait on each one's latency, and
+/// distances over vectors read from memory at random are what a graph walk spends its time
+/// on (512-d, AVX-512: 40 ns per cached pair and 270 ns per uncached one, against 51 and
+/// 344 ns for simsimd's one-accumulator kernel). One kernel serves every index kind, so the
+/// scores of the flat and the HNSW index are bit-identical. Lengths must match (callers check
+/// dimensions first); extra values of the longer slice are ignored.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
-    let mut acc = [0.0f32; LANES];
-    let mut i = 0;
-    while i + LANES <= n {
-        let (x, y) = (&a[i..i + LANES], &b[i..i + LANES]);
-        let mut lane = 0;
-        while lane < LANES {
-            acc[lane] += x[lane] * y[lane];
-            lane += 1;
-        }
-        i += LANES;
-    }
-    let mut tail = 0.0f32;
-    while i < n {
-        tail += a[i] * b[i];
-        i += 1;
-    }
-    // Pairwise reduction keeps the rounding error of the final sum small.
-    let mut width = LANES / 2;
-    while width > 0 {
-        let mut lane = 0;
-        while lane < width {
-            acc[lane] += acc[lane + width];
-            lane += 1;
-        }
-        width /= 2;
-    }
-    acc[0] + tail
+    ARCH.dispatch(Dot(&a[..n], &b[..n]))
 }
 
-/// Number of independent accumulators of [`dot`].
-const LANES: usize = 32;
+static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
+
+/// The dot-product kernel, generic over pulp's instruction sets.
+struct Dot<'a>(&'a [f32], &'a [f32]);
+
+impl pulp::WithSimd for Dot<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f32 {
+        let (a, a_tail) = S::as_simd_f32s(self.0);
+        let (b, b_tail) = S::as_simd_f32s(self.1);
+        let (a4, a1) = pulp::as_arrays::<4, _>(a);
+        let (b4, b1) = pulp::as_arrays::<4, _>(b);
+        let mut acc = [simd.splat_f32s(0.0); 4];
+        for (x, y) in a4.iter().zip(b4) {
+            for lane in 0..4 {
+                acc[lane] = simd.mul_add_f32s(x[lane], y[lane], acc[lane]);
+            }
+        }
+        for (x, y) in a1.iter().zip(b1) {
+            acc[0] = simd.mul_add_f32s(*x, *y, acc[0]);
+        }
+        let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+        let mut total = simd.reduce_sum_f32s(sum);
+        for (x, y) in a_tail.iter().zip(b_tail) {
+            total += x * y;
+        }
+        total
+    }
+}
+
+/// Exact top-`k` by dot product with the normalised `query` over `(id, vector)` pairs,
+/// keeping those `filter` accepts.
+pub(crate) fn scan<'a>(
+    query: &[f32],
+    k: usize,
+    items: impl Iterator<Item = (u64, &'a [f32])>,
+    filter: Option<&dyn Fn(u64) -> bool>,
+) -> Vec<Hit> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut top = TopK::new(k);
+    for (id, vector) in items {
+        if filter.is_none_or(|keep| keep(id)) {
+            top.push(Hit {
+                id,
+                score: dot(query, vector),
+            });
+        }
+    }
+    top.into_sorted()
+}
+
+/// Whether `stored` is exactly the normalised form of `vector` (false for an invalid one or
+/// for `None`): what [`super::Index::holds`] answers for every index kind.
+pub(crate) fn holds(stored: Option<&[f32]>, dim: usize, vector: &[f32]) -> bool {
+    stored.is_some_and(|s| normalised(dim, vector).is_ok_and(|v| s == &v[..]))
+}
 
 /// The ranking order of hits: higher score first, ties broken by smaller id.
 ///
@@ -192,12 +226,6 @@ impl VectorStore {
         Some(&self.data[slot * self.dim..(slot + 1) * self.dim])
     }
 
-    /// Whether `id` holds exactly the normalised form of `vector` (false for an invalid one):
-    /// what [`super::Index::holds`] answers for both index kinds.
-    pub(crate) fn holds(&self, id: u64, vector: &[f32]) -> bool {
-        normalised(self.dim, vector).is_ok_and(|v| self.get(id) == Some(&v[..]))
-    }
-
     /// Stores `vector` (already normalised) under `id`; returns true when it replaced one.
     pub(crate) fn upsert(&mut self, id: u64, vector: &[f32]) -> bool {
         debug_assert_eq!(vector.len(), self.dim);
@@ -257,31 +285,7 @@ impl VectorStore {
         k: usize,
         filter: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<Hit> {
-        if k == 0 {
-            return Vec::new();
-        }
-        let mut top = TopK::new(k);
-        match filter {
-            None => {
-                for (id, vector) in self.iter() {
-                    top.push(Hit {
-                        id,
-                        score: dot(query, vector),
-                    });
-                }
-            }
-            Some(keep) => {
-                for (id, vector) in self.iter() {
-                    if keep(id) {
-                        top.push(Hit {
-                            id,
-                            score: dot(query, vector),
-                        });
-                    }
-                }
-            }
-        }
-        top.into_sorted()
+        scan(query, k, self.iter(), filter)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Approximate index on an hnsw_rs 0.3.5 graph.
+//! The hnsw_rs 0.3.5 backend of [`super::HnswRsIndex`] (kind `hnsw_rs`).
 //!
-//! # What this wrapper adds to hnsw_rs
+//! # What this backend adds to hnsw_rs
 //!
 //! - **Distance.** [`CosineDistance`] is `1 - dot` clamped to `[0, 2]` with NaN mapped to 2, on
 //!   the vectorised dot product of the `vector` module. hnsw_rs panics on NaN distances and its
@@ -23,20 +23,6 @@
 //!   [`IndexConfig::exact_threshold`] items, where a scan is both exact and faster), re-scores
 //!   graph candidates with the exact dot product (so scores equal the flat index's bit for bit),
 //!   and is the source of rebuilds. It costs one more copy of the vectors in memory.
-//! - **Concurrency.** hnsw_rs cannot insert and search the same graph concurrently, so the graph
-//!   and the kept vectors sit behind one `RwLock`: searches share it, inserts and deletes take it
-//!   exclusively (a batch takes it once per chunk of [`BATCH_CHUNK`] items, and within a chunk
-//!   inserts use hnsw_rs's parallel insert), so searches interleave with long batch inserts.
-//!   The parallel insert runs on rayon's global pool while the exclusive lock is held, so the
-//!   index must not be called from tasks of that pool: a worker the insert waits for could
-//!   pick up such a task and block on the lock for ever.
-//! - **Rebuild.** [`HnswIndex::rebuild`] copies the live vectors under a shared lock, builds a
-//!   new graph with no lock held (searches and writes go on against the old graph), then replays
-//!   the ids written meanwhile and swaps the graphs under the exclusive lock. Large backlogs are
-//!   replayed in rounds outside the lock first, so the exclusive section stays short. The old
-//!   graph is dropped after the lock is released. No `Arc` of the graph is needed: a rebuild
-//!   never reads the old graph, only the vectors. [`super::spawn_rebuild_if_needed`] runs it on
-//!   a background thread.
 //!
 //! # Persistence
 //!
@@ -69,36 +55,24 @@
 //! dump and refuses dumps of another name, so moving that type invalidates old dumps (an error,
 //! the caller rebuilds). `catch_unwind` cannot help if the crate is built with `panic = "abort"`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
 
 use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour};
 
-use super::persist::{
+use super::super::persist::{
     self, corrupt, io_error, read_u64s, write_u64s, FileEntry, GraphDump, GraphSection,
     HashingReader, Manifest, ReadError,
 };
-use super::vector::{self, rank_order, VectorStore};
-use super::{
-    check_dim, lock, normalise_batch, read_lock, write_lock, Hit, Index, IndexConfig, IndexKind,
-    Result, SearchParams,
-};
+use super::super::vector::{self, rank_order, VectorStore};
+use super::super::{Hit, IndexConfig, IndexKind, Result};
+use super::Backend;
 
-/// Inserts of a batch are applied in chunks of this size, each under one exclusive lock.
-/// Searches wait for at most one chunk: about a quarter of a second for 512-d vectors at the
-/// default parameters (0.54k inserts per second on two cores).
-pub const BATCH_CHUNK: usize = 128;
 /// Below this many vectors a chunk is inserted sequentially (thread start-up would dominate).
 const PARALLEL_MIN: usize = 64;
 /// hnsw_rs's maximum number of layers.
 const MAX_LAYERS: usize = 16;
-/// A rebuild finishes under the exclusive lock once at most this many ids await replay.
-const REPLAY_UNDER_LOCK: usize = 32;
-/// Replay rounds outside the lock before a rebuild replays the rest under the lock anyway.
-const MAX_REPLAY_ROUNDS: usize = 16;
 
 const IDS_MAGIC: &[u8; 8] = b"OBGIDS01";
 const IDS_HEADER_LEN: u64 = 16;
@@ -238,12 +212,12 @@ impl Graph {
 }
 
 /// The graph and the live vectors, always updated together.
-struct State {
+pub(crate) struct HnswRsGraph {
     vectors: VectorStore,
     graph: Graph,
 }
 
-impl State {
+impl HnswRsGraph {
     /// Top-`k` from the graph alone, re-scored with the exact dot product.
     fn graph_search(
         &self,
@@ -272,137 +246,105 @@ impl State {
     }
 }
 
-/// Approximate nearest-neighbour index on an HNSW graph. See the module documentation.
-pub struct HnswIndex {
-    dim: usize,
-    config: IndexConfig,
-    state: RwLock<State>,
-    /// Ids written since a running rebuild copied the vectors; `None` when no rebuild runs.
-    /// Lock order: `state`, then `rebuild_log`.
-    rebuild_log: Mutex<Option<HashSet<u64>>>,
-    rebuilding: AtomicBool,
-    /// Serialises saves of this index.
-    saving: Mutex<()>,
-}
+impl Backend for HnswRsGraph {
+    const KIND: IndexKind = IndexKind::HnswRs;
 
-impl std::fmt::Debug for HnswIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = read_lock(&self.state);
-        f.debug_struct("HnswIndex")
-            .field("dim", &self.dim)
-            .field("config", &self.config)
-            .field("len", &state.vectors.len())
-            .field("graph_points", &state.graph.points())
-            .field("tombstones", &state.graph.tombstones)
-            .finish()
-    }
-}
-
-impl HnswIndex {
-    /// An empty index for vectors of dimension `dim`.
-    pub fn new(dim: usize, config: &IndexConfig) -> Result<Self> {
-        check_dim(dim)?;
-        config.validate()?;
-        let capacity = config.max_elements.min(1 << 20);
-        Ok(Self::from_state(
-            dim,
-            config.clone(),
-            State {
-                vectors: VectorStore::with_capacity(dim, capacity),
-                graph: Graph::new(config, capacity),
-            },
-        ))
-    }
-
-    fn from_state(dim: usize, config: IndexConfig, state: State) -> Self {
+    fn create(dim: usize, config: &IndexConfig, capacity: usize) -> Self {
         Self {
-            dim,
-            config,
-            state: RwLock::new(state),
-            rebuild_log: Mutex::new(None),
-            rebuilding: AtomicBool::new(false),
-            saving: Mutex::new(()),
+            vectors: VectorStore::with_capacity(dim, capacity),
+            graph: Graph::new(config, capacity),
         }
     }
 
-    /// The configuration in use (for a loaded index, `m` and `ef_construction` of the dump).
-    pub fn config(&self) -> &IndexConfig {
-        &self.config
+    fn live_len(&self) -> usize {
+        self.vectors.len()
     }
 
-    /// Points in the graph, tombstoned ones included.
-    pub fn graph_points(&self) -> usize {
-        read_lock(&self.state).graph.points()
+    fn points(&self) -> usize {
+        self.graph.points()
     }
 
-    /// Tombstoned points in the graph.
-    pub fn tombstones(&self) -> usize {
-        read_lock(&self.state).graph.tombstones
+    fn tombstone_count(&self) -> usize {
+        self.graph.tombstones
     }
 
-    /// Whether a rebuild is running.
-    pub fn is_rebuilding(&self) -> bool {
-        self.rebuilding.load(Ordering::Acquire)
+    fn vector_of(&self, id: u64) -> Option<&[f32]> {
+        self.vectors.get(id)
     }
 
-    /// Records a write for a running rebuild. Called with the state lock held exclusively.
-    fn note_written(&self, ids: impl IntoIterator<Item = u64>) {
-        if let Some(log) = lock(&self.rebuild_log).as_mut() {
-            log.extend(ids);
+    fn live_ids(&self) -> Vec<u64> {
+        self.vectors.ids().to_vec()
+    }
+
+    fn live_copy(&self) -> VectorStore {
+        self.vectors.clone()
+    }
+
+    fn insert_items(&mut self, items: &[(u64, &[f32])]) {
+        for &(id, v) in items {
+            self.vectors.upsert(id, v);
         }
+        self.graph.insert_many(items);
     }
 
-    /// Searches the graph only: no exact scan, neither for small indexes nor as a fallback.
-    #[cfg(test)]
-    pub(crate) fn search_graph_only(
+    fn remove_id(&mut self, id: u64) -> bool {
+        self.graph.remove(id);
+        self.vectors.remove(id)
+    }
+
+    fn scan_items(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Vec<Hit> {
+        self.vectors.search(query, k, filter)
+    }
+
+    fn walk(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
         filter: Option<&dyn Fn(u64) -> bool>,
-    ) -> Result<Vec<Hit>> {
-        let query = vector::normalised(self.dim, query)?;
-        Ok(read_lock(&self.state).graph_search(&query, k, ef.max(k), filter))
+    ) -> Vec<Hit> {
+        self.graph_search(query, k, ef, filter)
     }
 
-    /// Loads an HNSW dump from `dir`. See [`super::load`] for which parameters come from where.
-    pub fn load(dir: &Path, config: &IndexConfig) -> Result<Self> {
-        let manifest = Manifest::read(dir)?;
-        Self::load_manifest(dir, &manifest, config)
-    }
-
-    pub(crate) fn load_manifest(
-        dir: &Path,
-        manifest: &Manifest,
-        config: &IndexConfig,
-    ) -> Result<Self> {
-        let section = match (&manifest.kind, &manifest.graph) {
-            (IndexKind::Hnsw, Some(section)) => section,
-            _ => {
-                return Err(corrupt(
-                    dir,
-                    format!("the dump holds a {} index, not an HNSW one", manifest.kind),
-                ))
-            }
+    fn save_files(&self, dir: &Path, stamp: u64, config: &IndexConfig) -> Result<Manifest> {
+        let graph = &self.graph;
+        let base = format!("graph-{}", persist::unique_tag(stamp));
+        let ids = persist::write_new_file(dir, &format!("{base}.ids"), |w| {
+            write_ids(w, &graph.ext_ids, &graph.dead)
+        })?;
+        let dump = if graph.hnsw.get_nb_point() == 0 {
+            None
+        } else {
+            Some(dump_graph(dir, &base, &graph.hnsw)?)
         };
-        config.validate()?;
-        if section.m != config.m || section.ef_construction != config.ef_construction {
-            tracing::info!(
-                m = section.m,
-                ef_construction = section.ef_construction,
-                "using the graph parameters of the dump, not those of the configuration"
-            );
-        }
+        let mut manifest = Manifest::new(
+            IndexKind::HnswRs,
+            self.vectors.dim(),
+            stamp,
+            self.vectors.len(),
+        );
+        manifest.graph = Some(GraphSection {
+            m: config.m,
+            ef_construction: config.ef_construction,
+            points: graph.points(),
+            tombstones: graph.tombstones,
+            ids,
+            dump,
+        });
+        Ok(manifest)
+    }
+
+    fn load_files(dir: &Path, manifest: &Manifest, config: &IndexConfig) -> Result<Self> {
+        let section = manifest
+            .graph
+            .as_ref()
+            .ok_or_else(|| corrupt(dir, "the manifest has no hnsw_rs section"))?;
         let dim = manifest.dim;
-        let config = IndexConfig {
-            m: section.m,
-            ef_construction: section.ef_construction,
-            ..config.clone()
-        };
-        config
-            .validate()
-            .map_err(|e| corrupt(dir, format!("dump parameters: {e}")))?;
-
         let (ext_ids, dead) = read_ids(dir, &section.ids, section.points)?;
         let tombstones = dead.iter().filter(|&&d| d).count();
         if tombstones != section.tombstones || section.points - tombstones != manifest.live {
@@ -413,7 +355,7 @@ impl HnswIndex {
         }
 
         let hnsw = match &section.dump {
-            None if section.points == 0 => Graph::new(&config, 0).hnsw,
+            None if section.points == 0 => Graph::new(config, 0).hnsw,
             None => return Err(corrupt(dir, "the graph dump is missing")),
             Some(dump) => load_graph_dump(dir, dump, dim)?,
         };
@@ -472,229 +414,12 @@ impl HnswIndex {
             internal,
             tombstones,
         };
-        Ok(Self::from_state(dim, config, State { vectors, graph }))
+        Ok(Self { vectors, graph })
     }
 
-    /// Rebuilds the graph from the live vectors, dropping every tombstone. Searches, inserts
-    /// and deletes continue from other threads meanwhile (see the module documentation).
-    /// Returns false, doing nothing, if another rebuild is running.
-    pub fn rebuild(&self) -> Result<bool> {
-        if self
-            .rebuilding
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Ok(false);
-        }
-        let _running = RebuildGuard(self);
-
-        let snapshot = {
-            let state = read_lock(&self.state);
-            *lock(&self.rebuild_log) = Some(HashSet::new());
-            state.vectors.clone()
-        };
-        let started = std::time::Instant::now();
-        let mut graph = Graph::new(
-            &self.config,
-            snapshot.len().max(self.config.max_elements.min(1 << 20)),
-        );
-        graph.insert_many(&snapshot.iter().collect::<Vec<(u64, &[f32])>>());
-        drop(snapshot);
-
-        let mut round = 0;
-        loop {
-            let mut state = write_lock(&self.state);
-            let written = lock(&self.rebuild_log)
-                .replace(HashSet::new())
-                .unwrap_or_default();
-            if written.len() <= REPLAY_UNDER_LOCK || round >= MAX_REPLAY_ROUNDS {
-                replay(&mut graph, &state.vectors, written);
-                let old = std::mem::replace(&mut state.graph, graph);
-                *lock(&self.rebuild_log) = None;
-                drop(state);
-                tracing::info!(
-                    points = old.points(),
-                    tombstones = old.tombstones,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "HNSW graph rebuilt"
-                );
-                drop(old);
-                return Ok(true);
-            }
-            let copies: VectorStore = {
-                let mut copies = VectorStore::new(self.dim);
-                for &id in &written {
-                    if let Some(v) = state.vectors.get(id) {
-                        copies.upsert(id, v);
-                    }
-                }
-                copies
-            };
-            drop(state);
-            replay(&mut graph, &copies, written);
-            round += 1;
-        }
-    }
-}
-
-/// Resets the rebuild flag and log however a rebuild ends.
-struct RebuildGuard<'a>(&'a HnswIndex);
-
-impl Drop for RebuildGuard<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.rebuild_log) = None;
-        self.0.rebuilding.store(false, Ordering::Release);
-    }
-}
-
-/// Brings `graph` up to date for the `written` ids: their current vectors are in `vectors`,
-/// and an id absent from `vectors` was deleted.
-fn replay(graph: &mut Graph, vectors: &VectorStore, written: HashSet<u64>) {
-    let mut live = Vec::with_capacity(written.len());
-    for id in written {
-        graph.remove(id);
-        if let Some(v) = vectors.get(id) {
-            live.push((id, v));
-        }
-    }
-    graph.insert_many(&live);
-}
-
-impl Index for HnswIndex {
-    fn kind(&self) -> IndexKind {
-        IndexKind::Hnsw
-    }
-
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn len(&self) -> usize {
-        read_lock(&self.state).vectors.len()
-    }
-
-    fn insert(&self, id: u64, vector: &[f32]) -> Result<()> {
-        let v = vector::normalised(self.dim, vector)?;
-        let mut state = write_lock(&self.state);
-        state.vectors.upsert(id, &v);
-        state.graph.insert_many(&[(id, &v)]);
-        self.note_written([id]);
-        Ok(())
-    }
-
-    fn insert_batch(&self, items: &[(u64, &[f32])]) -> Result<()> {
-        let items = normalise_batch(self.dim, items)?;
-        for chunk in items.chunks(BATCH_CHUNK) {
-            let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(id, v)| (*id, &v[..])).collect();
-            let mut state = write_lock(&self.state);
-            for &(id, v) in &refs {
-                state.vectors.upsert(id, v);
-            }
-            state.graph.insert_many(&refs);
-            self.note_written(refs.iter().map(|&(id, _)| id));
-        }
-        Ok(())
-    }
-
-    fn delete(&self, id: u64) -> bool {
-        let mut state = write_lock(&self.state);
-        let removed = state.vectors.remove(id);
-        state.graph.remove(id);
-        self.note_written([id]);
-        removed
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        read_lock(&self.state).vectors.contains(id)
-    }
-
-    fn ids(&self) -> Vec<u64> {
-        read_lock(&self.state).vectors.ids().to_vec()
-    }
-
-    fn holds(&self, id: u64, vector: &[f32]) -> bool {
-        read_lock(&self.state).vectors.holds(id, vector)
-    }
-
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        params: &SearchParams,
-        filter: Option<&dyn Fn(u64) -> bool>,
-    ) -> Result<Vec<Hit>> {
-        let query = vector::normalised(self.dim, query)?;
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        let state = read_lock(&self.state);
-        let live = state.vectors.len();
-        if params.exact || live < self.config.exact_threshold {
-            return Ok(state.vectors.search(&query, k, filter));
-        }
-        // hnsw_rs allocates its candidate heaps with capacity `ef`: bound both by the graph.
-        let k = k.min(live);
-        let ef = params
-            .ef_search
-            .unwrap_or(self.config.ef_search)
-            .min(state.graph.points())
-            .max(k);
-        let hits = state.graph_search(&query, k, ef, filter);
-        if hits.len() < k && hits.len() < live {
-            // The walk found fewer than k accepted points: either fewer exist (a scan confirms
-            // it) or the accepted ones are unreachable from the graph's entry point.
-            return Ok(state.vectors.search(&query, k, filter));
-        }
-        Ok(hits)
-    }
-
-    fn save(&self, dir: &Path, stamp: u64) -> Result<()> {
-        let _saving = lock(&self.saving);
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let state = read_lock(&self.state);
-        let graph = &state.graph;
-        let base = loop {
-            let base = format!("graph-{}", persist::unique_tag(stamp));
-            let taken = [".hnsw.graph", ".hnsw.data", ".ids"]
-                .iter()
-                .any(|ext| dir.join(format!("{base}{ext}")).exists());
-            if !taken {
-                break base;
-            }
-        };
-        let ids = persist::write_new_file(dir, &format!("{base}.ids"), |w| {
-            write_ids(w, &graph.ext_ids, &graph.dead)
-        })?;
-        let dump = if graph.hnsw.get_nb_point() == 0 {
-            None
-        } else {
-            Some(dump_graph(dir, &base, &graph.hnsw)?)
-        };
-        let mut manifest = Manifest::new(IndexKind::Hnsw, self.dim, stamp, state.vectors.len());
-        manifest.graph = Some(GraphSection {
-            m: self.config.m,
-            ef_construction: self.config.ef_construction,
-            points: graph.points(),
-            tombstones: graph.tombstones,
-            ids,
-            dump,
-        });
-        drop(state);
-        manifest.publish(dir)
-    }
-
-    fn needs_rebuild(&self) -> bool {
-        if self.is_rebuilding() {
-            return false;
-        }
-        let state = read_lock(&self.state);
-        let graph = &state.graph;
-        graph.tombstones > 0
-            && graph.tombstones as f64 >= self.config.rebuild_ratio * graph.points() as f64
-    }
-
-    fn rebuild(&self) -> Result<bool> {
-        HnswIndex::rebuild(self)
+    #[cfg(test)]
+    fn check_backend(&self) {
+        self.check_invariants();
     }
 }
 
@@ -834,10 +559,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
-impl HnswIndex {
+impl HnswRsGraph {
     /// Asserts the consistency of the graph, the id maps and the kept vectors.
-    pub(crate) fn check_invariants(&self) {
-        let state = read_lock(&self.state);
+    fn check_invariants(&self) {
+        let state = self;
         let graph = &state.graph;
         assert_eq!(graph.hnsw.get_nb_point(), graph.points());
         assert_eq!(graph.dead.len(), graph.points());

@@ -142,24 +142,6 @@ fn synthetic_png(n: usize, rng: &mut impl Rng) -> Vec<u8> {
     buf
 }
 
-/// Unit vectors around a few hundred seeded cluster centres.
-fn clustered_vectors(n: usize, dim: usize, rng: &mut impl Rng) -> Vec<Vec<f32>> {
-    let centres: Vec<Vec<f32>> = (0..256)
-        .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centres[rng.random_range(0..centres.len())];
-            let mut v: Vec<f32> = c
-                .iter()
-                .map(|x| x + rng.random_range(-0.4f32..0.4))
-                .collect();
-            crate::embed::l2_normalize(&mut v);
-            v
-        })
-        .collect()
-}
-
 /// `omnibind bench http`.
 pub fn http(args: HttpBenchArgs) -> Result<()> {
     let client = Client {
@@ -240,7 +222,7 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
         "/v1/collections",
         Some(json!({"name": name, "model": args.model})),
     )?;
-    let data = clustered_vectors(args.items, dim, &mut rng);
+    let data = super::clustered_vectors(args.items, dim, &mut rng);
     let t = Instant::now();
     for (c, chunk) in data.chunks(FILL_CHUNK).enumerate() {
         let items: Vec<Value> = chunk
@@ -261,7 +243,7 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
             args.items as f64 / t.elapsed().as_secs_f64()
         ),
     ));
-    let queries = clustered_vectors(args.queries, dim, &mut rng);
+    let queries = super::clustered_vectors(args.queries, dim, &mut rng);
     let search = format!("/v1/collections/{name}/search");
     let mut kinds: Vec<(&str, QueryBody)> = vec![
         (
