@@ -3,21 +3,16 @@
 //! `benches/index.sh` (BENCHMARKS.md); these catch regressions of the hot paths.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use omnibind::data::rng::Rng;
 use omnibind::index::{new_index, IndexConfig, IndexKind, SearchParams};
 
 const DIM: usize = 128;
 const N: usize = 5_000;
 
-/// Seeded unit-free vectors around 32 centres (splitmix64, no dependency on `rand`).
+/// Seeded vectors around 32 centres.
 fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rng = Rng::new(seed);
+    let mut next = move || rng.range(-1.0, 1.0) as f32;
     let centres: Vec<Vec<f32>> = (0..32)
         .map(|_| (0..DIM).map(|_| next()).collect())
         .collect();

@@ -43,7 +43,7 @@ pub(crate) fn normalised(dim: usize, vector: &[f32]) -> Result<Vec<f32>> {
 /// (AVX-512 or AVX2+FMA on x86-64, NEON on aarch64, scalar elsewhere), with four independent
 /// accumulators: a single chain of fused multiply-adds would wait on each one's latency, and
 /// distances over vectors read from memory at random are what a graph walk spends its time
-/// on (512-d, AVX-512: 40 ns per cached pair and 270 ns per uncached one, against 51 and
+/// on (512-d, AVX-512: 43 ns per cached pair and 272 ns per uncached one, against 51 and
 /// 344 ns for simsimd's one-accumulator kernel). One kernel serves every index kind, so the
 /// scores of the flat and the HNSW index are bit-identical. Lengths must match (callers check
 /// dimensions first); extra values of the longer slice are ignored.

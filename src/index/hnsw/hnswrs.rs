@@ -16,7 +16,7 @@
 //!   `k` live candidates remain: hnsw_rs's filtered walk has no early stop, and even with a
 //!   filter accepting everything it took 2.6 times as long as the plain walk (10k 64-d
 //!   vectors, unoptimised build). Tombstones still cost walk time and memory:
-//!   [`HnswIndex::needs_rebuild`] turns true once they reach [`IndexConfig::rebuild_ratio`]
+//!   [`super::GraphIndex`]'s `needs_rebuild` turns true once they reach [`IndexConfig::rebuild_ratio`]
 //!   (20%) of the graph's points; the index never rebuilds on its own.
 //! - **Kept vectors.** The wrapper keeps the live vectors in a dense `VectorStore`. It serves
 //!   exact searches (`exact: true`, and every search while the index holds fewer than
@@ -31,14 +31,14 @@
 //! `u64`, then `count` tombstone flags as bytes) and the manifest of the `persist` module, which
 //! records every file's length and XXH64. hnsw_rs writes native-endian files without checksums
 //! and its loader asserts, indexes out of bounds, or even exits the process on malformed input,
-//! so [`HnswIndex::load`] verifies both checksums *before* calling the loader, checks that the
+//! so loading verifies both checksums *before* calling the loader, checks that the
 //! loader opens exactly the verified files, runs it under `catch_unwind` as a last resort, and
 //! then cross-checks the graph against the id map. The kept vectors are read back from the
 //! graph's points, so vectors are not stored twice on disk.
 //!
 //! Loading hnsw_rs's dump was preferred to rebuilding the graph by re-inserting the vectors:
-//! re-insertion costs the full build time (about 0.5k 512-d vectors per second on two cores at
-//! m = 16, ef_construction = 200, so minutes for 100k items), while a load only reads and links
+//! re-insertion costs the full build time (2.1k 512-d vectors per second on two cores at
+//! m = 16, ef_construction = 200, BENCHMARKS.md), while a load only reads and links
 //! the stored points. In the unoptimised test build, 10k 64-d vectors at m = 12,
 //! ef_construction = 32 took 3.8 s to insert and 0.16 s to load (checksums included); the gap
 //! grows with ef_construction.
@@ -51,19 +51,19 @@
 //! self-referential struct. Loads happen once per index and process start, so the leak is
 //! bounded by the number of loads.
 //!
-//! hnsw_rs records the distance's type name (`omnibind::index::hnsw::CosineDistance`) in the
+//! hnsw_rs records the distance's type name (`omnibind::index::hnsw::hnswrs::CosineDistance`) in the
 //! dump and refuses dumps of another name, so moving that type invalidates old dumps (an error,
 //! the caller rebuilds). `catch_unwind` cannot help if the crate is built with `panic = "abort"`.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour};
 
 use super::super::persist::{
-    self, corrupt, io_error, read_u64s, write_u64s, FileEntry, GraphDump, GraphSection,
-    HashingReader, Manifest, ReadError,
+    self, corrupt, io_error, read_u64s, write_u64s, FileEntry, GraphDump, GraphSection, Manifest,
+    ReadError,
 };
 use super::super::vector::{self, rank_order, VectorStore};
 use super::super::{Hit, IndexConfig, IndexKind, Result};
@@ -433,23 +433,17 @@ fn write_ids(w: &mut dyn Write, ext_ids: &[u64], dead: &[bool]) -> io::Result<()
 
 /// Reads and verifies the id map; sizes are checked against the file length first.
 fn read_ids(dir: &Path, entry: &FileEntry, points: usize) -> Result<(Vec<u64>, Vec<bool>)> {
-    let path = entry.path_in(dir)?;
-    let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
-    let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
-    entry.check_len(dir, file_len)?;
-    let expected = (points as u64)
-        .checked_mul(9)
-        .and_then(|body| body.checked_add(IDS_HEADER_LEN));
-    if expected != Some(file_len) {
-        return Err(corrupt(
-            &path,
-            format!("{file_len} bytes cannot hold {points} ids"),
-        ));
-    }
-    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-    let parsed = (|| -> Result<(Vec<u64>, Vec<u8>), ReadError> {
+    let (ids, flags) = persist::read_checked(dir, entry, |r, file_len| {
+        let expected = (points as u64)
+            .checked_mul(9)
+            .and_then(|body| body.checked_add(IDS_HEADER_LEN));
+        if expected != Some(file_len) {
+            return Err(ReadError::Invalid(format!(
+                "{file_len} bytes cannot hold {points} ids"
+            )));
+        }
         let mut header = [0u8; IDS_HEADER_LEN as usize];
-        reader.read_exact(&mut header)?;
+        r.read_exact(&mut header)?;
         if &header[..8] != IDS_MAGIC {
             return Err(ReadError::Invalid("not an id map (bad magic)".into()));
         }
@@ -459,15 +453,13 @@ fn read_ids(dir: &Path, entry: &FileEntry, points: usize) -> Result<(Vec<u64>, V
                 "id map holds {count} ids, the manifest says {points}"
             )));
         }
-        let ids = read_u64s(&mut reader, points)?;
+        let ids = read_u64s(r, points)?;
         let mut flags = vec![0u8; points];
-        reader.read_exact(&mut flags)?;
+        r.read_exact(&mut flags)?;
         Ok((ids, flags))
-    })();
-    let (ids, flags) = parsed.map_err(|e| e.into_index_error(&path))?;
-    entry.check(dir, reader.len(), reader.hash())?;
+    })?;
     if flags.iter().any(|&f| f > 1) {
-        return Err(corrupt(&path, "invalid tombstone flag"));
+        return Err(corrupt(&entry.path_in(dir)?, "invalid tombstone flag"));
     }
     Ok((ids, flags.into_iter().map(|f| f == 1).collect()))
 }

@@ -63,10 +63,13 @@ use super::super::persist::{
 use super::super::vector::{self, rank_order, VectorStore};
 use super::super::{Hit, IndexConfig, IndexKind, Result};
 use super::Backend;
+use crate::data::rng::Rng;
 
 const MAGIC: &[u8; 8] = b"OBHNSW01";
 /// Highest layer a point may be drawn on; with m >= 2 a higher draw has probability < 2^-16.
 const MAX_LEVEL: usize = 16;
+/// Seed of the level generator of a new graph.
+const LEVEL_SEED: u64 = 0x5EED_0B1D;
 /// Below this many points a phase runs on the calling thread (thread start-up would dominate).
 const PARALLEL_MIN: usize = 16;
 /// Points whose vectors are prefetched ahead of their distances.
@@ -116,7 +119,7 @@ fn score_of(key: Key) -> f32 {
 }
 
 #[inline(always)]
-fn prefetch<T>(values: &[T]) {
+fn prefetch(values: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -142,6 +145,8 @@ struct Scratch {
     epoch: u32,
     candidates: BinaryHeap<std::cmp::Reverse<Key>>,
     results: BinaryHeap<Key>,
+    /// Unvisited neighbours of the point being expanded.
+    fresh: Vec<u32>,
 }
 
 impl Scratch {
@@ -193,8 +198,8 @@ pub(crate) struct NativeGraph {
     tombstones: usize,
     /// The entry point (a point of the top layer) and its level.
     entry: Option<(u32, usize)>,
-    /// State of the level generator (splitmix64).
-    rng: u64,
+    /// The level generator.
+    rng: Rng,
 }
 
 /// What a new point found in phase 1 and kept in phase 2: its neighbours per layer.
@@ -215,7 +220,7 @@ impl NativeGraph {
             slots: HashMap::with_capacity(capacity),
             tombstones: 0,
             entry: None,
-            rng: 0x5EED_0B1D_u64,
+            rng: Rng::new(LEVEL_SEED),
         }
     }
 
@@ -293,13 +298,8 @@ impl NativeGraph {
     }
 
     fn draw_level(&mut self) -> usize {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
         // Uniform in (0, 1]: 53 random bits, plus one so that ln is finite.
-        let uniform = ((z >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let uniform = ((self.rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
         let level = (-uniform.ln() / (self.m as f64).ln()).floor();
         (level as usize).min(MAX_LEVEL)
     }
@@ -381,7 +381,7 @@ impl NativeGraph {
             while s.results.len() > ef {
                 s.results.pop();
             }
-            let mut fresh: Vec<u32> = Vec::with_capacity(self.capacity(level));
+            let mut fresh = std::mem::take(&mut s.fresh);
             while let Some(std::cmp::Reverse(current)) = s.candidates.pop() {
                 if s.results.len() >= ef && s.results.peek().is_some_and(|&w| current > w) {
                     break;
@@ -392,10 +392,6 @@ impl NativeGraph {
                         prefetch(self.vector(n));
                         fresh.push(n);
                     }
-                }
-                // The next candidate's links, read once these distances are done.
-                if let Some(std::cmp::Reverse(next)) = s.candidates.peek() {
-                    prefetch(self.links(slot_of(*next), level));
                 }
                 for &n in &fresh {
                     let candidate = key(distance_bits(query, self.vector(n)), n);
@@ -412,14 +408,15 @@ impl NativeGraph {
                     }
                 }
             }
+            s.fresh = fresh;
             let mut found: Vec<Key> = s.results.drain().collect();
             found.sort_unstable();
             found
         })
     }
 
-    /// Up to `ef` live points accepted by `filter` near `query` (normalised), re-scored with
-    /// the exact dot product and ranked; the caller truncates to its `k`.
+    /// Up to `ef` live points accepted by `filter` near `query` (normalised), with their exact
+    /// scores (read back from the keys) and ranked; the caller truncates to its `k`.
     pub(crate) fn search(
         &self,
         query: &[f32],
@@ -717,7 +714,7 @@ impl NativeGraph {
                 }
             }
         }
-        graph.rng ^= points as u64;
+        graph.rng = Rng::new(LEVEL_SEED ^ points as u64);
         Ok(graph)
     }
 
