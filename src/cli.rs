@@ -115,7 +115,10 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
         for path in paths {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            inputs.push(Input::Bytes { modality, bytes });
+            inputs.push(Input::Bytes {
+                modality,
+                bytes: bytes.into(),
+            });
             labels.push(path.display().to_string());
         }
     }

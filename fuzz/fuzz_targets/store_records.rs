@@ -32,7 +32,7 @@ fn template() -> &'static tempfile::TempDir {
                 .map(|i| NewItem {
                     id: (i % 2 == 0).then(|| format!("item-{i}")),
                     modality: if i < 2 { "text" } else { "image" }.into(),
-                    content: Some(format!("content {name} {i}").into_bytes()),
+                    content: Some(format!("content {name} {i}").into_bytes().into()),
                     content_type: Some("text/plain".into()),
                     text: Some(format!("text {i}")),
                     metadata: serde_json::json!({ "i": i }),

@@ -10,7 +10,7 @@ use super::extract::{
 };
 use super::{ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
-use crate::embed::Modality;
+use crate::embed::{Media, Modality};
 use crate::engine::QueryTerm;
 
 /// `POST /v1/embed` as JSON.
@@ -92,7 +92,7 @@ pub struct ClassifyResponse {
 #[derive(Default)]
 struct Form {
     model: Option<String>,
-    file: Option<Vec<u8>>,
+    file: Option<Media>,
     text: Option<String>,
     modality: Option<Modality>,
     labels: Vec<String>,
@@ -100,34 +100,38 @@ struct Form {
 }
 
 impl Form {
-    async fn read(mut form: Multipart, known: &[&str]) -> ApiResult<Form> {
-        let result = Self::read_fields(&mut form, known).await;
+    async fn read(state: &AppState, mut form: Multipart, known: &[&str]) -> ApiResult<Form> {
+        let result = Self::read_fields(state, &mut form, known).await;
         finish_form(&mut form, result).await
     }
 
-    async fn read_fields(form: &mut Multipart, known: &[&str]) -> ApiResult<Form> {
+    async fn read_fields(
+        state: &AppState,
+        form: &mut Multipart,
+        known: &[&str],
+    ) -> ApiResult<Form> {
         let mut f = Form::default();
-        while let Some((name, bytes)) = next_field(form).await? {
+        while let Some((name, value)) = next_field(form, state).await? {
+            let bytes = value.bytes();
             if !known.contains(&name.as_str()) {
                 return Err(unknown_field(&name, known));
             }
             match name.as_str() {
-                "model" => f.model = Some(text_field("model", &bytes)?),
+                "model" => f.model = Some(text_field("model", bytes)?),
                 "file" | "text" if f.file.is_some() || f.text.is_some() => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
                         "give one `file` or one `text` field",
                     ))
                 }
-                "file" => f.file = Some(bytes.to_vec()),
-                "text" => f.text = Some(text_field("text", &bytes)?),
-                "modality" => f.modality = Some(parsed_field("modality", &bytes)?),
-                "template" => f.template = Some(text_field("template", &bytes)?),
+                "file" => f.file = Some(value.into_media()),
+                "text" => f.text = Some(text_field("text", bytes)?),
+                "modality" => f.modality = Some(parsed_field("modality", bytes)?),
+                "template" => f.template = Some(text_field("template", bytes)?),
                 "labels" => {
-                    let s = text_field("labels", &bytes)?;
+                    let s = text_field("labels", bytes)?;
                     if s.trim_start().starts_with('[') {
-                        f.labels
-                            .extend(json_field::<Vec<String>>("labels", &bytes)?);
+                        f.labels.extend(json_field::<Vec<String>>("labels", bytes)?);
                     } else {
                         f.labels.push(s);
                     }
@@ -186,7 +190,7 @@ pub async fn embed(
     let (model, term) = match payload {
         Payload::Json(b) => (b.model, QueryTerm::Text(b.text)),
         Payload::Multipart(form) => {
-            let mut f = Form::read(form, &["model", "file", "text", "modality"]).await?;
+            let mut f = Form::read(&state, form, &["model", "file", "text", "modality"]).await?;
             (f.model()?, f.term()?)
         }
     };
@@ -223,6 +227,7 @@ pub async fn classify(
         Payload::Json(b) => (b.model, QueryTerm::Text(b.text), b.labels, b.template),
         Payload::Multipart(form) => {
             let mut f = Form::read(
+                &state,
                 form,
                 &["model", "file", "text", "modality", "labels", "template"],
             )

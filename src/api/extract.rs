@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
+use crate::embed::Media;
 
 /// A JSON request or response body. As an extractor it accepts any content type except
 /// multipart (clients that forget `Content-Type: application/json` still work) and reports
@@ -163,14 +164,77 @@ pub async fn finish_form<T>(form: &mut Multipart, result: ApiResult<T>) -> ApiRe
     result
 }
 
-/// Reads the next field of a form as (name, bytes).
-pub async fn next_field(form: &mut Multipart) -> Result<Option<(String, Bytes)>, ApiError> {
-    let Some(field): Option<Field<'_>> = form.next_field().await.map_err(multipart_error)? else {
+/// The value of a multipart form field.
+pub enum FieldValue {
+    /// A `file` field: spooled to disk while it was received.
+    File(Media),
+    /// Any other field, held in memory (at most `server.body_limit` bytes).
+    Bytes(Vec<u8>),
+}
+
+impl FieldValue {
+    /// The bytes of a field held in memory (nothing for a spooled file).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            FieldValue::Bytes(b) => b,
+            FieldValue::File(_) => &[],
+        }
+    }
+
+    pub fn into_media(self) -> Media {
+        match self {
+            FieldValue::File(m) => m,
+            FieldValue::Bytes(b) => Media::Memory(b),
+        }
+    }
+}
+
+fn field_too_large(name: &str, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("form field `{name}` is over the limit of {limit} bytes"),
+    )
+}
+
+/// Reads the next field of a form. A `file` field is written to the upload spool piece by piece
+/// as it arrives (counting its bytes against `server.upload_limit`), so a large or slow upload
+/// holds disk, not memory; other fields are kept in memory up to `server.body_limit`.
+pub async fn next_field(
+    form: &mut Multipart,
+    state: &AppState,
+) -> Result<Option<(String, FieldValue)>, ApiError> {
+    let Some(mut field): Option<Field<'_>> = form.next_field().await.map_err(multipart_error)?
+    else {
         return Ok(None);
     };
     let name = field.name().unwrap_or_default().to_string();
-    let bytes = field.bytes().await.map_err(multipart_error)?;
-    Ok(Some((name, bytes)))
+    if name == "file" {
+        let limit = state.settings.server.upload_limit;
+        let io_err = |e: std::io::Error| {
+            tracing::error!(error = %e, "could not spool an uploaded file");
+            ApiError::internal()
+        };
+        let mut file = state.engine.spool().create().map_err(io_err)?;
+        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            if !file.write(&chunk, limit as u64).await.map_err(io_err)? {
+                return Err(field_too_large(&name, limit));
+            }
+        }
+        return Ok(Some((
+            name,
+            FieldValue::File(file.finish().await.map_err(io_err)?),
+        )));
+    }
+    let limit = state.settings.server.body_limit;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(field_too_large(&name, limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some((name, FieldValue::Bytes(bytes))))
 }
 
 /// A form field that must be UTF-8 text.

@@ -207,12 +207,12 @@ fn object_field(name: &str, bytes: &[u8]) -> ApiResult<serde_json::Map<String, s
 }
 
 /// Reads a multipart upload following the field-order rule of this module.
-async fn items_from_form(mut form: Multipart) -> ApiResult<Vec<NewInput>> {
-    let result = read_items(&mut form).await;
+async fn items_from_form(state: &AppState, mut form: Multipart) -> ApiResult<Vec<NewInput>> {
+    let result = read_items(state, &mut form).await;
     finish_form(&mut form, result).await
 }
 
-async fn read_items(form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
+async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
     const KNOWN: &[&str] = &["file", "text", "metadata", "id", "modality"];
     let mut default_meta = serde_json::Map::new();
     let mut default_modality: Option<Modality> = None;
@@ -223,17 +223,18 @@ async fn read_items(form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
             format!("item {n} has more than one `{what}` field"),
         )
     };
-    while let Some((name, bytes)) = next_field(form).await? {
+    while let Some((name, value)) = next_field(form, state).await? {
+        let bytes = value.bytes();
         let n = items.len();
         match name.as_str() {
             "file" | "text" => {
                 let content = if name == "file" {
                     Content::File {
-                        bytes: bytes.to_vec(),
+                        bytes: value.into_media(),
                         modality: None,
                     }
                 } else {
-                    Content::Text(text_field("text", &bytes)?)
+                    Content::Text(text_field("text", bytes)?)
                 };
                 items.push(FormItem {
                     input: NewInput {
@@ -247,7 +248,7 @@ async fn read_items(form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
                 });
             }
             "metadata" => {
-                let m = object_field("metadata", &bytes)?;
+                let m = object_field("metadata", bytes)?;
                 match items.last_mut() {
                     None => default_meta.extend(m),
                     Some(it) if it.has_metadata => return Err(dup("metadata", n - 1)),
@@ -258,7 +259,7 @@ async fn read_items(form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
                 }
             }
             "id" => {
-                let id = text_field("id", &bytes)?;
+                let id = text_field("id", bytes)?;
                 match items.last_mut() {
                     None => {
                         return Err(ApiError::bad_request(
@@ -274,7 +275,7 @@ async fn read_items(form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
                 }
             }
             "modality" => {
-                let m: Modality = parsed_field("modality", &bytes)?;
+                let m: Modality = parsed_field("modality", bytes)?;
                 match items.last_mut() {
                     None => default_modality = Some(m),
                     Some(it) if it.has_modality => return Err(dup("modality", n - 1)),
@@ -349,7 +350,7 @@ pub async fn add(
             .enumerate()
             .map(|(i, b)| item_from_json(i, b))
             .collect::<ApiResult<Vec<_>>>()?,
-        Payload::Multipart(form) => items_from_form(form).await?,
+        Payload::Multipart(form) => items_from_form(&state, form).await?,
     };
     let statuses = state.engine.add_items(&name, inputs).await?;
     Ok(Json(AddItemsResponse {

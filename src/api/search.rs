@@ -11,7 +11,7 @@ use super::extract::{
 };
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
-use crate::embed::Modality;
+use crate::embed::{Media, Modality};
 use crate::engine::{Filter, QueryTerm, SearchHit, SearchRequest};
 
 /// Results returned when `k` is not given.
@@ -209,12 +209,12 @@ fn request_from_json(b: SearchBody) -> ApiResult<SearchRequest> {
     })
 }
 
-async fn request_from_form(mut form: Multipart) -> ApiResult<SearchRequest> {
-    let result = read_request(&mut form).await;
+async fn request_from_form(state: &AppState, mut form: Multipart) -> ApiResult<SearchRequest> {
+    let result = read_request(state, &mut form).await;
     finish_form(&mut form, result).await
 }
 
-async fn read_request(form: &mut Multipart) -> ApiResult<SearchRequest> {
+async fn read_request(state: &AppState, form: &mut Multipart) -> ApiResult<SearchRequest> {
     const KNOWN: &[&str] = &[
         "file",
         "text",
@@ -226,7 +226,7 @@ async fn read_request(form: &mut Multipart) -> ApiResult<SearchRequest> {
         "exact",
         "ef_search",
     ];
-    let mut file: Option<Vec<u8>> = None;
+    let mut file: Option<Media> = None;
     let mut text: Option<String> = None;
     let mut modality: Option<Modality> = None;
     let mut req = SearchRequest {
@@ -238,22 +238,23 @@ async fn read_request(form: &mut Multipart) -> ApiResult<SearchRequest> {
         exact: false,
         ef_search: None,
     };
-    while let Some((name, bytes)) = next_field(form).await? {
+    while let Some((name, value)) = next_field(form, state).await? {
+        let bytes = value.bytes();
         match name.as_str() {
             "file" | "text" if file.is_some() || text.is_some() => {
                 return Err(invalid_query(
                     "give one `file` or one `text` field; for several terms use the JSON query",
                 ))
             }
-            "file" => file = Some(bytes.to_vec()),
-            "text" => text = Some(text_field("text", &bytes)?),
-            "modality" => modality = Some(parsed_field("modality", &bytes)?),
-            "k" => req.k = parsed_field("k", &bytes)?,
-            "offset" => req.offset = parsed_field("offset", &bytes)?,
-            "min_score" => req.min_score = Some(parsed_field("min_score", &bytes)?),
-            "exact" => req.exact = parsed_field("exact", &bytes)?,
-            "ef_search" => req.ef_search = Some(parsed_field("ef_search", &bytes)?),
-            "filter" => req.filter = Some(parse_filter(json_field("filter", &bytes)?)?),
+            "file" => file = Some(value.into_media()),
+            "text" => text = Some(text_field("text", bytes)?),
+            "modality" => modality = Some(parsed_field("modality", bytes)?),
+            "k" => req.k = parsed_field("k", bytes)?,
+            "offset" => req.offset = parsed_field("offset", bytes)?,
+            "min_score" => req.min_score = Some(parsed_field("min_score", bytes)?),
+            "exact" => req.exact = parsed_field("exact", bytes)?,
+            "ef_search" => req.ef_search = Some(parsed_field("ef_search", bytes)?),
+            "filter" => req.filter = Some(parse_filter(json_field("filter", bytes)?)?),
             other => return Err(unknown_field(other, KNOWN)),
         }
     }
@@ -305,7 +306,7 @@ pub async fn search(
 ) -> ApiResult<Json<SearchResponse>> {
     let req = match payload {
         Payload::Json(b) => request_from_json(b)?,
-        Payload::Multipart(form) => request_from_form(form).await?,
+        Payload::Multipart(form) => request_from_form(&state, form).await?,
     };
     let hits = state.engine.search(&name, req).await?;
     Ok(Json(SearchResponse {

@@ -708,7 +708,7 @@ impl Encoder for ClipEncoder {
                 Input::Bytes {
                     modality: Modality::Image,
                     bytes,
-                } if self.model.vision.is_some() => images.push((i, bytes.as_slice())),
+                } if self.model.vision.is_some() => images.push((i, bytes)),
                 other => out[i] = Some(Err(self.info.unsupported(other.modality()))),
             }
         }

@@ -18,8 +18,10 @@ pub mod layers;
 pub mod preprocess;
 pub mod registry;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,11 +82,78 @@ impl FromStr for Modality {
     }
 }
 
+/// The encoded bytes of a file input: in memory, or in a file on disk (an upload spooled while
+/// it was received) that is read only when the input is decoded, so that a batch of large files
+/// is never held in memory at once.
+#[derive(Debug, Clone)]
+pub enum Media {
+    Memory(Vec<u8>),
+    /// A file nothing else writes to; it is deleted when the last clone is dropped.
+    File {
+        path: Arc<tempfile::TempPath>,
+        len: u64,
+    },
+}
+
+impl Media {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Media::Memory(b) => b.len() as u64,
+            Media::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole content (read from disk for a file).
+    pub fn load(&self) -> Result<Cow<'_, [u8]>, EmbedError> {
+        match self {
+            Media::Memory(b) => Ok(Cow::Borrowed(b)),
+            Media::File { path, .. } => std::fs::read(path.as_ref() as &std::path::Path)
+                .map(Cow::Owned)
+                .map_err(|e| EmbedError::io(path.as_ref() as &std::path::Path, e)),
+        }
+    }
+
+    /// The first `n` bytes at most.
+    pub fn head(&self, n: usize) -> Result<Cow<'_, [u8]>, EmbedError> {
+        match self {
+            Media::Memory(b) => Ok(Cow::Borrowed(&b[..b.len().min(n)])),
+            Media::File { path, .. } => {
+                use std::io::Read;
+                let p: &std::path::Path = path.as_ref();
+                let mut buf = Vec::with_capacity(n);
+                std::fs::File::open(p)
+                    .and_then(|f| f.take(n as u64).read_to_end(&mut buf))
+                    .map_err(|e| EmbedError::io(p, e))?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// The content as an owned vector (no copy for bytes in memory).
+    pub fn into_vec(self) -> Result<Vec<u8>, EmbedError> {
+        match self {
+            Media::Memory(b) => Ok(b),
+            file => file.load().map(Cow::into_owned),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Media {
+    fn from(b: Vec<u8>) -> Self {
+        Media::Memory(b)
+    }
+}
+
 /// One raw input: a text, or the encoded bytes of a file of some modality.
 #[derive(Debug, Clone)]
 pub enum Input {
     Text(String),
-    Bytes { modality: Modality, bytes: Vec<u8> },
+    Bytes { modality: Modality, bytes: Media },
 }
 
 impl Input {
@@ -221,7 +290,7 @@ pub(crate) type BatchSlots = Vec<Option<Result<Vec<f32>, EmbedError>>>;
 /// Preprocesses `items` (input position, raw bytes) in parallel, embeds the ones that succeeded
 /// in one call, and writes each input's vector or error into `out` at its position.
 pub(crate) fn embed_in_parallel<P, E>(
-    items: &[(usize, &[u8])],
+    items: &[(usize, &Media)],
     preprocess: P,
     embed: E,
     out: &mut BatchSlots,
@@ -232,8 +301,10 @@ where
 {
     use rayon::prelude::*;
     // Decoding dominates small models: decode in parallel, then one forward pass.
-    let pre: Vec<(usize, Result<Vec<f32>, EmbedError>)> =
-        items.par_iter().map(|(i, b)| (*i, preprocess(b))).collect();
+    let pre: Vec<(usize, Result<Vec<f32>, EmbedError>)> = items
+        .par_iter()
+        .map(|(i, m)| (*i, m.load().and_then(|b| preprocess(&b))))
+        .collect();
     let mut ok_idx = Vec::new();
     let mut ok = Vec::new();
     for (i, r) in pre {

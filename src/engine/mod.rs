@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use crate::config::{IndexSettings, Settings};
 use crate::embed::registry::Registry;
-use crate::embed::{EmbedError, Encoder, Input, Modality, ModelInfo};
+use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
-use crate::ingest::{detect, EmbedQueue, QueueFull};
+use crate::ingest::{detect, EmbedQueue, QueueFull, Spool};
 use crate::store::{
-    CollectionRecord, IndexParams, ItemRecord, NewCollection, NewItem, PutOptions, PutOutcome,
-    SledStore, Store, StoreError,
+    CollectionRecord, IndexParams, ItemRecord, NewCollection, NewContent, NewItem, PutOptions,
+    PutOutcome, SledStore, Store, StoreError,
 };
 
 pub use filter::{validate_filter, Matcher};
@@ -28,6 +28,8 @@ pub use types::*;
 
 /// Largest `k` a search may ask for.
 pub const MAX_K: usize = 1000;
+/// Bytes of a file read to recognise a binary format.
+const DETECT_HEAD: usize = 4096;
 /// Largest `offset` of a search.
 pub const MAX_OFFSET: usize = 10_000;
 /// Most items in one upload request.
@@ -181,6 +183,8 @@ pub struct Engine {
     index_root: PathBuf,
     index_defaults: IndexSettings,
     queue: EmbedQueue,
+    /// Where uploaded files are received (`<data_dir>/spool`).
+    spool: Spool,
     stats: EngineStats,
     /// Serialises writes per engine so store commits and index updates happen in one order.
     write_lock: tokio::sync::Mutex<()>,
@@ -202,6 +206,13 @@ impl Engine {
             })
         })?;
         let store = Arc::new(SledStore::open(data_dir)?);
+        let spool_dir = data_dir.join("spool");
+        let spool = Spool::open(&spool_dir).map_err(|e| {
+            EngineError::Store(StoreError::Io {
+                context: format!("opening the upload spool {}", spool_dir.display()),
+                source: e,
+            })
+        })?;
         let engine = Engine {
             store,
             registry,
@@ -209,6 +220,7 @@ impl Engine {
             index_root: data_dir.join("index"),
             index_defaults: settings.index.clone(),
             queue: EmbedQueue::new(settings.embed.queue_capacity, settings.embed.workers),
+            spool,
             stats: EngineStats::default(),
             write_lock: tokio::sync::Mutex::new(()),
         };
@@ -523,13 +535,23 @@ impl Engine {
     /// Resolves what an uploaded or queried file is, and checks the model accepts it.
     fn file_input(
         encoder: &dyn Encoder,
-        bytes: Vec<u8>,
+        bytes: Media,
         modality: Option<Modality>,
     ) -> Result<(Input, &'static str)> {
         if bytes.is_empty() {
             return Err(EngineError::invalid("empty_file", "the file is empty"));
         }
-        let detected = detect(&bytes).ok_or_else(|| {
+        // Binary formats are told by their first bytes; text needs the whole file (UTF-8 and no
+        // control characters throughout), so only a file whose beginning could be text, or was
+        // cut inside a character, is read in full here.
+        let head = bytes.head(DETECT_HEAD)?;
+        let detected = match detect(&head) {
+            Some(d) if d.modality != Some(Modality::Text) => Some(d),
+            d if bytes.len() <= head.len() as u64 => d,
+            _ => detect(&bytes.load()?),
+        };
+        drop(head);
+        let detected = detected.ok_or_else(|| {
             EngineError::UnsupportedMedia(
                 "unrecognised file format (detected from its bytes); supported: JPEG, PNG, WebP, GIF images, \
                  UTF-8 text"
@@ -566,13 +588,18 @@ impl Engine {
         }
         let input = if modality == Modality::Text {
             Input::Text(
-                String::from_utf8(bytes)
+                String::from_utf8(bytes.into_vec()?)
                     .map_err(|_| EngineError::invalid("invalid_media", "text is not UTF-8"))?,
             )
         } else {
             Input::Bytes { modality, bytes }
         };
         Ok((input, detected.content_type))
+    }
+
+    /// Where uploaded files are received.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
     /// Adds items: all or nothing. Every item is validated and embedded before anything is
@@ -595,7 +622,7 @@ impl Engine {
             id: Option<String>,
             modality: Modality,
             metadata: serde_json::Value,
-            content: Option<(Vec<u8>, &'static str)>,
+            content: Option<(Media, &'static str)>,
             text: Option<String>,
             vector: Option<Vec<f32>>,
         }
@@ -664,7 +691,10 @@ impl Engine {
                         id: item.id,
                         modality: Modality::Text,
                         metadata,
-                        content: Some((t.clone().into_bytes(), "text/plain; charset=utf-8")),
+                        content: Some((
+                            Media::Memory(t.clone().into_bytes()),
+                            "text/plain; charset=utf-8",
+                        )),
                         text: Some(t),
                         vector: None,
                     }
@@ -717,6 +747,8 @@ impl Engine {
             }
         }
         let info = enc.info();
+        // Spooled files must outlive the store's put, which links or copies them into place.
+        let mut spooled: Vec<Media> = Vec::new();
         let new_items: Vec<NewItem> = prepared
             .into_iter()
             .zip(&is_vector)
@@ -728,7 +760,14 @@ impl Engine {
                     p.modality.as_str().into()
                 },
                 content_type: p.content.as_ref().map(|(_, t)| t.to_string()),
-                content: p.content.map(|(b, _)| b),
+                content: p.content.map(|(m, _)| match m {
+                    Media::Memory(b) => NewContent::Bytes(b),
+                    Media::File { ref path, len } => {
+                        let path = path.to_path_buf();
+                        spooled.push(m);
+                        NewContent::File { path, len }
+                    }
+                }),
                 text: p.text,
                 metadata: p.metadata,
                 model: coll.record.model.clone(),
@@ -749,6 +788,7 @@ impl Engine {
         // workers: both are disk- or CPU-bound.
         let statuses = tokio::task::spawn_blocking(move || -> Result<Vec<ItemStatus>> {
             let report = store.put_items(&cname, new_items, PutOptions::default())?;
+            drop(spooled);
             let mut statuses = Vec::with_capacity(report.outcomes.len());
             let mut fresh: Vec<(u64, &[f32])> = Vec::new();
             let mut fresh_payloads = Vec::new();

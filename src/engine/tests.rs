@@ -181,13 +181,62 @@ async fn restart_loads_fresh_dumps_and_rebuilds_stale_or_corrupt_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_files_are_recognised_from_disk_and_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    let spooled = |bytes: &[u8]| {
+        let mut f = e.spool().create().unwrap();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            rt.block_on(async {
+                f.write(bytes, u64::MAX).await.unwrap();
+                f.finish().await.unwrap()
+            })
+        })
+    };
+    let input = |bytes: Media| NewInput {
+        id: None,
+        content: Content::File {
+            bytes,
+            modality: None,
+        },
+        metadata: json!({}),
+    };
+    // A text longer than the bytes read to recognise binary formats, with a two-byte character
+    // across that boundary: recognised from the whole file.
+    let mut text = "a".repeat(DETECT_HEAD - 1);
+    text.push_str("é and more text after the first bytes");
+    assert!(!text.is_char_boundary(DETECT_HEAD));
+    let st = e
+        .add_items("c", vec![input(spooled(text.as_bytes()))])
+        .await
+        .unwrap();
+    assert_eq!(
+        (st[0].modality.as_str(), st[0].status.as_str()),
+        ("text", "created")
+    );
+    let got = e.item_content("c", &st[0].id).unwrap();
+    assert_eq!(got.0, text.as_bytes());
+    // Binary content past the first bytes makes a file that starts like text unsupported.
+    let mut not_text = "b".repeat(DETECT_HEAD * 2).into_bytes();
+    not_text.push(0);
+    let err = e
+        .add_items("c", vec![input(spooled(&not_text))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unsupported_media_type");
+    // Every spool file is gone once nothing holds it.
+    assert_eq!(std::fs::read_dir(e.spool().dir()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_have_stable_codes() {
     let tmp = tempfile::tempdir().unwrap();
     let e = filled(tmp.path()).await;
     let file = |b: &[u8]| NewInput {
         id: None,
         content: Content::File {
-            bytes: b.to_vec(),
+            bytes: b.to_vec().into(),
             modality: None,
         },
         metadata: json!({}),

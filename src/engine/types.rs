@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::Modality;
+use crate::embed::{Media, Modality};
 
 /// HNSW parameters a collection may set at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ pub enum Content {
     Text(String),
     /// An uploaded file; its modality is detected from the bytes unless given.
     File {
-        bytes: Vec<u8>,
+        bytes: Media,
         modality: Option<Modality>,
     },
     /// A precomputed vector in the collection's space.
@@ -127,7 +127,7 @@ pub enum QueryTerm {
     /// The stored vector of an existing item.
     Item(String),
     File {
-        bytes: Vec<u8>,
+        bytes: Media,
         modality: Option<Modality>,
     },
 }

@@ -256,7 +256,10 @@ pub fn evaluate(encoder: &dyn Encoder, opts: &EvalOptions) -> Result<Report> {
                 let path = opts.data.join(&src);
                 let bytes =
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                Input::Bytes { modality: m, bytes }
+                Input::Bytes {
+                    modality: m,
+                    bytes: bytes.into(),
+                }
             };
             idx.push(i);
             inputs.push(input);

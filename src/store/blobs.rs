@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::error::{Result, StoreError};
-use super::model::{validate_collection_name, validate_hash, GcReport};
+use super::model::{validate_collection_name, validate_hash, GcReport, NewContent};
 
 const TEMP_PREFIX: &str = ".tmp-";
 const TRASH_PREFIX: &str = ".trash-";
@@ -46,11 +46,12 @@ impl Blobs {
     }
 
     /// Makes the file for `hash` exist durably. Existing files are trusted (they were renamed
-    /// into place only after an fsync) unless their length differs.
-    pub(crate) fn write(&self, coll: &str, hash: &str, bytes: &[u8]) -> Result<()> {
+    /// into place only after an fsync) unless their length differs. Content in a file is
+    /// hard-linked into place (copied where the link fails, as across file systems).
+    pub(crate) fn write(&self, coll: &str, hash: &str, content: &NewContent) -> Result<()> {
         let path = self.path(coll, hash);
         if let Ok(meta) = fs::metadata(&path) {
-            if meta.is_file() && meta.len() == bytes.len() as u64 {
+            if meta.is_file() && meta.len() == content.len() {
                 return Ok(());
             }
         }
@@ -59,10 +60,20 @@ impl Blobs {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TEMP_PREFIX}{hash}-{}-{n}", std::process::id()));
         let res = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            drop(f);
+            match content {
+                NewContent::Bytes(bytes) => {
+                    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                    f.write_all(bytes)?;
+                    f.sync_all()?;
+                }
+                NewContent::File { path: src, .. } => {
+                    if fs::hard_link(src, &tmp).is_err() {
+                        fs::copy(src, &tmp)?;
+                    }
+                    // The data of a linked file is synced through either name.
+                    File::open(&tmp)?.sync_all()?;
+                }
+            }
             fs::rename(&tmp, &path)?;
             sync_dir(&dir)
         })();
@@ -74,10 +85,10 @@ impl Blobs {
     }
 
     /// [`Blobs::write`] for many files, concurrently. Duplicate hashes are written once.
-    pub(crate) fn write_all(&self, coll: &str, files: &[(&str, &[u8])]) -> Result<()> {
-        let unique: BTreeMap<&str, &[u8]> = files.iter().copied().collect();
-        let unique: Vec<(&str, &[u8])> = unique.into_iter().collect();
-        parallel(&unique, |(hash, bytes)| self.write(coll, hash, bytes))
+    pub(crate) fn write_all(&self, coll: &str, files: &[(&str, &NewContent)]) -> Result<()> {
+        let unique: BTreeMap<&str, &NewContent> = files.iter().copied().collect();
+        let unique: Vec<(&str, &NewContent)> = unique.into_iter().collect();
+        parallel(&unique, |(hash, content)| self.write(coll, hash, content))
     }
 
     /// [`Blobs::remove`] for many files, concurrently.

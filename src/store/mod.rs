@@ -33,7 +33,7 @@ pub use self::error::{Result, StoreError};
 pub use self::migrate::CURRENT_FORMAT;
 pub use self::model::{
     sha256_hex, CollectionRecord, GcReport, IndexParams, ItemPage, ItemRecord, ModalityCounts,
-    NewCollection, NewItem, OnExistingId, PutOptions, PutOutcome, PutReport,
+    NewCollection, NewContent, NewItem, OnExistingId, PutOptions, PutOutcome, PutReport,
     MAX_COLLECTION_NAME_LEN, MAX_DIM, MAX_ITEM_ID_LEN, MAX_LABEL_LEN, MAX_MODALITY_LEN,
     MAX_RECORD_TEXT,
 };

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use super::error::{Result, StoreError};
 
@@ -123,6 +124,56 @@ pub struct ItemRecord {
     pub created_at: u64,
 }
 
+/// The original bytes of a new item: in memory, or in a file that the caller keeps unchanged
+/// until the put returns (the store hard-links it into place where it can, else copies it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NewContent {
+    Bytes(Vec<u8>),
+    File { path: PathBuf, len: u64 },
+}
+
+impl NewContent {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            NewContent::Bytes(b) => b.len() as u64,
+            NewContent::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lowercase hex SHA-256 of the content; a file is read in pieces, and one whose length is
+    /// not the one given is refused (it changed after it was handed over).
+    pub(crate) fn sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        match self {
+            NewContent::Bytes(b) => Ok(sha256_hex(b)),
+            NewContent::File { path, len } => {
+                let io_err = |e| StoreError::io(format!("reading {}", path.display()), e);
+                let mut f = std::fs::File::open(path).map_err(io_err)?;
+                let mut hasher = Sha256::new();
+                let n = std::io::copy(&mut f, &mut hasher).map_err(io_err)?;
+                if n != *len {
+                    return Err(StoreError::invalid(
+                        "content",
+                        format!("the file holds {n} bytes, {len} were announced"),
+                    ));
+                }
+                Ok(hex(&hasher.finalize()))
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for NewContent {
+    fn from(b: Vec<u8>) -> Self {
+        NewContent::Bytes(b)
+    }
+}
+
 /// An item to store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewItem {
@@ -132,7 +183,7 @@ pub struct NewItem {
     /// Original bytes; stored as a content-addressed file and used for deduplication. Items
     /// without content are never deduplicated (pass a text's UTF-8 bytes here to deduplicate
     /// texts).
-    pub content: Option<Vec<u8>>,
+    pub content: Option<NewContent>,
     pub content_type: Option<String>,
     pub text: Option<String>,
     /// Must be a JSON object (use `json!({})` for none).
@@ -381,7 +432,10 @@ pub(crate) fn validate_hash(hash: &str) -> Result<()> {
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in digest {
         s.push(char::from(HEX[usize::from(b >> 4)]));

@@ -23,10 +23,10 @@ use super::error::{Result, StoreError};
 use super::keys;
 use super::migrate;
 use super::model::{
-    decode_vector, encode_vector, hex_decode, hex_encode, now_ms, sha256_hex,
-    validate_collection_name, validate_hash, validate_item_id, validate_new_collection,
-    validate_new_item, CollectionRecord, GcReport, ItemPage, ItemRecord, ModalityCounts,
-    NewCollection, NewItem, OnExistingId, PutOptions, PutOutcome, PutReport,
+    decode_vector, encode_vector, hex_decode, hex_encode, now_ms, validate_collection_name,
+    validate_hash, validate_item_id, validate_new_collection, validate_new_item, CollectionRecord,
+    GcReport, ItemPage, ItemRecord, ModalityCounts, NewCollection, NewContent, NewItem,
+    OnExistingId, PutOptions, PutOutcome, PutReport,
 };
 use super::{Store, VectorIter};
 
@@ -425,7 +425,7 @@ fn at_item(i: usize, e: StoreError) -> StoreError {
 struct Planned {
     record: ItemRecord,
     vector: Vec<f32>,
-    content: Option<Vec<u8>>,
+    content: Option<NewContent>,
 }
 
 impl Store for SledStore {
@@ -498,8 +498,15 @@ impl Store for SledStore {
         // Hashing large contents needs no lock.
         let hashes: Vec<Option<String>> = items
             .iter()
-            .map(|item| item.content.as_deref().map(sha256_hex))
-            .collect();
+            .enumerate()
+            .map(|(i, item)| {
+                item.content
+                    .as_ref()
+                    .map(NewContent::sha256)
+                    .transpose()
+                    .map_err(|e| at_item(i, e))
+            })
+            .collect::<Result<_>>()?;
         let guard = self.lock();
         let mut coll = self.load_collection(collection)?;
         // Validate everything before writing anything: a bad item fails the whole batch.
@@ -589,7 +596,7 @@ impl Store for SledStore {
                     .or_insert_with(|| (id.clone(), seq));
             }
             *count_delta.entry(item.modality.clone()).or_default() += 1;
-            let content_len = item.content.as_ref().map_or(0, |c| c.len() as u64);
+            let content_len = item.content.as_ref().map_or(0, NewContent::len);
             let (text, text_truncated) = super::model::record_text(item.text);
             planned.push(Planned {
                 record: ItemRecord {
@@ -620,9 +627,9 @@ impl Store for SledStore {
         }
 
         // Content files become durable before any record points at them.
-        let files: Vec<(&str, &[u8])> = planned
+        let files: Vec<(&str, &NewContent)> = planned
             .iter()
-            .filter_map(|p| Some((p.record.content_hash.as_deref()?, p.content.as_deref()?)))
+            .filter_map(|p| Some((p.record.content_hash.as_deref()?, p.content.as_ref()?)))
             .collect();
         self.blobs.write_all(collection, &files)?;
 

@@ -720,7 +720,7 @@ warmup_steps = 5
     let enc = crate::embed::load_encoder(&spec).unwrap();
     let items = crate::data::read_manifest(&data.join("manifest.jsonl")).unwrap();
     let item = items.iter().find(|i| !i.imu.is_empty()).unwrap();
-    let read = |p: &str| std::fs::read(data.join(p)).unwrap();
+    let read = |p: &str| crate::embed::Media::from(std::fs::read(data.join(p)).unwrap());
     let inputs = vec![
         crate::embed::Input::Text(item.captions[0].clone()),
         crate::embed::Input::Bytes {
@@ -866,7 +866,7 @@ fn audio_models_with_one_or_three_clips_embed_uploads() {
         let enc = crate::embed::load_encoder(&spec).unwrap();
         let input = || crate::embed::Input::Bytes {
             modality: crate::embed::Modality::Audio,
-            bytes: wav.clone(),
+            bytes: wav.clone().into(),
         };
         let out = enc.embed_batch(&[input(), input()]).unwrap();
         assert_eq!(out.len(), 2, "{clips} clips");

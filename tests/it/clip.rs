@@ -292,7 +292,7 @@ fn end_to_end_image_embeddings_match_the_reference() {
         .iter()
         .map(|n| Input::Bytes {
             modality: Modality::Image,
-            bytes: std::fs::read(dir().join("images").join(n)).unwrap(),
+            bytes: std::fs::read(dir().join("images").join(n)).unwrap().into(),
         })
         .collect();
     let is_jpeg = |n: &str| n.ends_with(".jpg");
@@ -363,20 +363,20 @@ fn per_input_errors_do_not_fail_the_batch() {
         .embed_batch(&[
             Input::Bytes {
                 modality: Modality::Image,
-                bytes: b"not an image".to_vec(),
+                bytes: b"not an image".to_vec().into(),
             },
             Input::Text("a cat".into()),
             Input::Bytes {
                 modality: Modality::Image,
-                bytes: good.clone(),
+                bytes: good.clone().into(),
             },
             Input::Bytes {
                 modality: Modality::Image,
-                bytes: good[..good.len() / 3].to_vec(),
+                bytes: good[..good.len() / 3].to_vec().into(),
             },
             Input::Bytes {
                 modality: Modality::Audio,
-                bytes: vec![0; 10],
+                bytes: vec![0; 10].into(),
             },
         ])
         .unwrap();
@@ -397,7 +397,7 @@ fn loading_one_tower_only() {
     let out = enc
         .embed_batch(&[Input::Bytes {
             modality: Modality::Image,
-            bytes: vec![1, 2, 3],
+            bytes: vec![1, 2, 3].into(),
         }])
         .unwrap();
     assert!(out[0].is_err());

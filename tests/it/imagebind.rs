@@ -304,7 +304,9 @@ fn converted_checkpoint_equals_the_official_one() {
         Input::Text("a dog barking".into()),
         Input::Bytes {
             modality: Modality::Imu,
-            bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy")).unwrap(),
+            bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy"))
+                .unwrap()
+                .into(),
         },
     ];
     for x in &inputs {
@@ -505,7 +507,7 @@ mod encoder {
     fn bytes(m: Modality, path: PathBuf) -> Input {
         Input::Bytes {
             modality: m,
-            bytes: std::fs::read(path).unwrap(),
+            bytes: std::fs::read(path).unwrap().into(),
         }
     }
 
@@ -680,7 +682,9 @@ mod encoder {
         assert_eq!(enc.modalities(), &[Modality::Depth, Modality::Imu]);
         let good = Input::Bytes {
             modality: Modality::Imu,
-            bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy")).unwrap(),
+            bytes: std::fs::read(dir().join("imu/walk0_6x2000.npy"))
+                .unwrap()
+                .into(),
         };
         // A 1-pixel depth map (16-bit PNG) and a depth .npy holding NaN.
         let mut one_px = Vec::new();
@@ -699,7 +703,7 @@ mod encoder {
         nan_npy[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         let bytes = |modality, b: &[u8]| Input::Bytes {
             modality,
-            bytes: b.to_vec(),
+            bytes: b.to_vec().into(),
         };
         let out = enc
             .embed_batch(&[

@@ -88,7 +88,7 @@ fn encoder() -> std::sync::Arc<dyn Encoder> {
 fn audio(bytes: Vec<u8>) -> Input {
     Input::Bytes {
         modality: Modality::Audio,
-        bytes,
+        bytes: bytes.into(),
     }
 }
 

@@ -151,7 +151,7 @@ fn video_embeddings_match_the_official_model() {
         .iter()
         .map(|n| Input::Bytes {
             modality: Modality::Video,
-            bytes: zip_bytes(n),
+            bytes: zip_bytes(n).into(),
         })
         .collect();
     let start = Instant::now();
@@ -297,15 +297,15 @@ fn video_errors_fail_alone_in_a_batch() {
         .embed_batch(&[
             Input::Bytes {
                 modality: Modality::Video,
-                bytes: zip_of(&[]),
+                bytes: zip_of(&[]).into(),
             },
             Input::Bytes {
                 modality: Modality::Video,
-                bytes: zip_bytes("tiny_3frames_200x150"),
+                bytes: zip_bytes("tiny_3frames_200x150").into(),
             },
             Input::Bytes {
                 modality: Modality::Image,
-                bytes: png(32, 32),
+                bytes: png(32, 32).into(),
             },
         ])
         .unwrap();

@@ -11,4 +11,5 @@ mod imagebind_audio_formats;
 mod imagebind_server;
 mod imagebind_video;
 mod server;
+mod spool;
 mod web;

@@ -26,7 +26,7 @@ use crate::embed::preprocess::image::{
 use crate::embed::preprocess::text::TextTokenizer;
 use crate::embed::preprocess::{depth, imu, thermal, video, PREPROCESS_VERSION};
 use crate::embed::registry::{card_license, read_to_string, sha256_files, var_builder, ModelSpec};
-use crate::embed::{EmbedError, Encoder, Input, Modality, ModelInfo};
+use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 
 /// A loaded ImageBind model.
 pub struct ImageBindEncoder {
@@ -298,14 +298,12 @@ impl Encoder for ImageBindEncoder {
         }
         // Every file modality (texts were embedded above), one batch each.
         for m in Modality::ALL.into_iter().filter(|m| *m != Modality::Text) {
-            let items: Vec<(usize, &[u8])> = inputs
+            let items: Vec<(usize, &Media)> = inputs
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| out[*i].is_none())
                 .filter_map(|(i, x)| match x {
-                    Input::Bytes { modality, bytes } if *modality == m => {
-                        Some((i, bytes.as_slice()))
-                    }
+                    Input::Bytes { modality, bytes } if *modality == m => Some((i, bytes)),
                     _ => None,
                 })
                 .collect();

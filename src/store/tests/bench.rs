@@ -28,7 +28,7 @@ fn new_item(n: u64, content_len: usize) -> NewItem {
     NewItem {
         id: Some(format!("item-{n:08}")),
         modality: if n.is_multiple_of(2) { "image" } else { "text" }.into(),
-        content,
+        content: content.map(Into::into),
         content_type: None,
         text: None,
         metadata: json!({"n": n}),

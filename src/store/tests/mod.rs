@@ -48,7 +48,7 @@ pub(super) fn item(id: Option<&str>, modality: &str, content: Option<&[u8]>, k: 
     NewItem {
         id: id.map(str::to_owned),
         modality: modality.to_owned(),
-        content: content.map(<[u8]>::to_vec),
+        content: content.map(|c| c.to_vec().into()),
         content_type: content.map(|_| "application/octet-stream".to_owned()),
         text: None,
         metadata: json!({ "k": k }),

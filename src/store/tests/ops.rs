@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::super::{
-    keys, sha256_hex, IndexParams, NewCollection, OnExistingId, PutOptions, PutOutcome, Store,
-    StoreError,
+    keys, sha256_hex, IndexParams, NewCollection, NewContent, OnExistingId, PutOptions, PutOutcome,
+    Store, StoreError,
 };
 use super::{blob_path, files_under, item, new_collection, open, vector, DIM, MODEL};
 
@@ -654,6 +654,50 @@ fn shared_content_file_lives_until_last_reference_goes() {
     );
     s.delete_item("c", "b").unwrap();
     assert!(!path.exists());
+}
+
+#[test]
+fn content_given_as_a_file_is_linked_into_place_hashed_and_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_collection(new_collection("c")).unwrap();
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let src = dir.path().join("spooled-upload");
+    std::fs::write(&src, &bytes).unwrap();
+    let from_file = |id: &str, len: u64| {
+        let mut it = item(Some(id), "image", None, 1);
+        it.content = Some(NewContent::File {
+            path: src.clone(),
+            len,
+        });
+        it.content_type = Some("image/png".into());
+        it
+    };
+    // A length that is not the file's is refused, and nothing is stored.
+    let err = s
+        .put_items("c", vec![from_file("x", 10)], PutOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+
+    put(&s, "c", vec![from_file("f", bytes.len() as u64)]);
+    let h = sha256_hex(&bytes);
+    let rec = s.get_item("c", "f").unwrap();
+    assert_eq!(rec.content_hash.as_deref(), Some(h.as_str()));
+    assert_eq!(rec.content_len, bytes.len() as u64);
+    assert_eq!(s.read_content("c", &h).unwrap(), bytes);
+    // The caller may delete its file once the put returned.
+    std::fs::remove_file(&src).unwrap();
+    assert_eq!(s.read_content("c", &h).unwrap(), bytes);
+    // The same bytes from memory are a duplicate of the item stored from the file.
+    let out = put(&s, "c", vec![item(None, "image", Some(&bytes), 2)]);
+    assert_eq!(
+        out,
+        [PutOutcome::Duplicate {
+            id: "f".into(),
+            seq: 0
+        }]
+    );
 }
 
 #[test]
