@@ -45,6 +45,8 @@ enum BenchCommand {
     Http(omnibind::bench::HttpBenchArgs),
     /// The vector indexes in-process: build, memory, dump size, recall and queries/s.
     Index(omnibind::bench::IndexBenchArgs),
+    /// Encoder items per second per model, modality and batch size (preprocessing apart).
+    Encode(omnibind::bench::EncodeBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => omnibind::cli::eval(args),
         Command::Bench(BenchCommand::Http(args)) => omnibind::bench::http(args),
         Command::Bench(BenchCommand::Index(args)) => omnibind::bench::index(args),
+        Command::Bench(BenchCommand::Encode(args)) => omnibind::bench::encode(args),
         Command::Data(DataCommand::Openmoji(args)) => omnibind::cli::data_openmoji(args),
         Command::Ingest(args) => {
             let summary = omnibind::cli::ingest(args)?;

@@ -187,7 +187,7 @@ fn prepare(
     Ok(())
 }
 
-fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
+pub(super) fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
     use npyz::WriterBuilder;
     let cols = rows.first().map_or(0, Vec::len);
     let file = std::io::BufWriter::new(

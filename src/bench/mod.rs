@@ -1,14 +1,18 @@
 //! `omnibind bench`: measurements that print tables and write machine-readable results.
 //!
+//! - [`encode`]: the encoders' items per second per modality and batch size, preprocessing
+//!   apart, on weights the PyTorch peer (`benches/peers/encode_peers.py`) runs too.
 //! - [`http`]: a running server under load, through its public API only.
 //! - [`index`]: the vector indexes in-process (build, memory, dump, recall/QPS sweeps), on the
 //!   same data and parameters the peer libraries are run on by `benches/peers/`.
 
 use rand::Rng;
 
+pub mod encode;
 mod http;
 pub mod index;
 
+pub use encode::{encode, EncodeBenchArgs};
 pub use http::{http, HttpBenchArgs};
 pub use index::{index, IndexBenchArgs};
 

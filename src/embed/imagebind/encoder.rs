@@ -181,8 +181,12 @@ impl ImageBindEncoder {
         &self.model
     }
 
+    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
     /// Preprocesses one input of a tensor modality: the values and the number of clips.
-    fn preprocess(&self, m: Modality, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+    pub(crate) fn preprocess(&self, m: Modality, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
         match m {
             Modality::Image => preprocess_image(bytes, &self.image_cfg),
             Modality::Audio => {
