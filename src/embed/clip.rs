@@ -23,7 +23,7 @@ use candle_nn::{
 use serde::Deserialize;
 
 use super::device::{device_name, dtype_name};
-use super::layers::{causal_mask, forward_in_chunks, FusedSelfAttention};
+use super::layers::{causal_mask, forward_in_chunks, FusedSelfAttention, TransposedLinear};
 use super::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
 use super::preprocess::text::TextTokenizer;
 use super::preprocess::PREPROCESS_VERSION;
@@ -238,16 +238,16 @@ fn attention(vb: VarBuilder, hidden: usize, num_heads: usize) -> Result<FusedSel
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: TransposedLinear,
+    fc2: TransposedLinear,
     act: Activation,
 }
 
 impl Mlp {
     fn new(vb: VarBuilder, hidden: usize, intermediate: usize, act: Activation) -> Result<Self> {
         Ok(Self {
-            fc1: linear(hidden, intermediate, vb.pp("fc1"))?,
-            fc2: linear(intermediate, hidden, vb.pp("fc2"))?,
+            fc1: TransposedLinear::new(&linear(hidden, intermediate, vb.pp("fc1"))?)?,
+            fc2: TransposedLinear::new(&linear(intermediate, hidden, vb.pp("fc2"))?)?,
             act,
         })
     }

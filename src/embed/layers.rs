@@ -1,5 +1,6 @@
-//! Building blocks the model families share: fused multi-head self-attention, a LayerNorm that
-//! stays differentiable when trained, and running a tower over a batch in `max_batch` chunks into
+//! Building blocks the model families share: fused multi-head self-attention, linear layers
+//! whose weights are kept transposed for the matrix product, a LayerNorm that stays
+//! differentiable when trained, and running a tower over a batch in `max_batch` chunks into
 //! unit-norm f32 rows on the CPU.
 //!
 //! candle's fused softmax and LayerNorm kernels (`softmax_last_dim`, and `LayerNorm::forward` on
@@ -14,8 +15,8 @@ use candle_nn::Linear;
 /// into the query rows, and optional learned extra key/value (`bias_k`/`bias_v`).
 #[derive(Debug, Clone)]
 pub struct FusedSelfAttention {
-    qkv: Linear,
-    out_proj: Linear,
+    qkv: TransposedLinear,
+    out_proj: TransposedLinear,
     /// Learned extra key and value, `[1, heads, 1, head_dim]` each.
     bias_kv: Option<(Tensor, Tensor)>,
     num_heads: usize,
@@ -52,8 +53,8 @@ impl FusedSelfAttention {
             None => None,
         };
         Ok(Self {
-            qkv: Linear::new(fold(&weight)?, bias),
-            out_proj,
+            qkv: TransposedLinear::new(&Linear::new(fold(&weight)?, bias))?,
+            out_proj: TransposedLinear::new(&out_proj)?,
             bias_kv,
             num_heads,
             head_dim,
@@ -94,6 +95,36 @@ impl FusedSelfAttention {
         };
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.out_proj.forward(&out)
+    }
+}
+
+/// A linear layer whose weight is kept transposed, `[in, out]` and contiguous, so that the
+/// matrix product reads it in the order `gemm` packs it: with few rows (one text, one image)
+/// `gemm`'s AVX-512 path would otherwise re-pack the whole weight on every call, about 2.5x
+/// slower per item for CLIP ViT-B/32 (BENCHMARKS.md). The copy is made once, at load; training
+/// rebuilds its model from the variables every step, so gradients flow through it.
+#[derive(Debug, Clone)]
+pub struct TransposedLinear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl TransposedLinear {
+    pub fn new(linear: &Linear) -> Result<Self> {
+        Ok(Self {
+            weight_t: linear.weight().t()?.contiguous()?,
+            bias: linear.bias().cloned(),
+        })
+    }
+}
+
+impl Module for TransposedLinear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let out = xs.broadcast_matmul(&self.weight_t)?;
+        match &self.bias {
+            Some(b) => out.broadcast_add(b),
+            None => Ok(out),
+        }
     }
 }
 
@@ -162,4 +193,42 @@ where
         parts.push(l2_normalize_rows(&out.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?);
     }
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::data::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn transposed_linear_computes_what_linear_does() {
+        let w = seeded(&[48, 32], 1);
+        let b = seeded(&[48], 2);
+        for shape in [&[5, 32][..], &[3, 7, 32], &[2, 64, 32]] {
+            let x = seeded(shape, 3);
+            for bias in [Some(b.clone()), None] {
+                let plain = Linear::new(w.clone(), bias.clone());
+                let want = plain.forward(&x).unwrap();
+                let got = TransposedLinear::new(&plain).unwrap().forward(&x).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let diff = (got - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-4, "{shape:?} bias {}: {diff}", bias.is_some());
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ use candle_nn::{conv2d_no_bias, linear, linear_no_bias, Conv2d, Conv2dConfig, Li
 use super::config::{
     ImageBindConfig, LayerScale, TrunkConfig, MAX_LOGIT_SCALE, STEM_LN_EPS, TRUNK_LN_EPS,
 };
-use crate::embed::layers::{causal_mask, FusedSelfAttention, LayerNorm};
+use crate::embed::layers::{causal_mask, FusedSelfAttention, LayerNorm, TransposedLinear};
 use crate::embed::Modality;
 
 /// Official key names of one modality, relative to `modality_preprocessors.<name>`,
@@ -203,8 +203,8 @@ struct Block {
     norm_1: LayerNorm,
     attn: FusedSelfAttention,
     norm_2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: TransposedLinear,
+    fc2: TransposedLinear,
     gammas: Option<(Tensor, Tensor)>,
 }
 
@@ -229,8 +229,8 @@ impl Block {
             norm_1: ln(d, TRUNK_LN_EPS, vb.pp("norm_1"))?,
             attn: multihead_attention(vb.pp("attn"), d, c.num_heads, bias_kv)?,
             norm_2: ln(d, TRUNK_LN_EPS, vb.pp("norm_2"))?,
-            fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
-            fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
+            fc1: TransposedLinear::new(&linear(d, hidden, vb.pp("mlp.fc1"))?)?,
+            fc2: TransposedLinear::new(&linear(hidden, d, vb.pp("mlp.fc2"))?)?,
             gammas,
         })
     }
