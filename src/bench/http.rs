@@ -1,7 +1,9 @@
 //! `omnibind bench http`: measures a running server from a separate process, through its public
-//! HTTP API only: upload throughput (texts and 224 px images, in batches) and search latency
-//! (p50/p95/p99) at a given collection size. Prints a table. Collections it creates are named
-//! `bench-*` and deleted at the end.
+//! HTTP API only: upload throughput (texts and 224 px images, in batches), search latency
+//! (p50/p95/p99) at a given collection size one request at a time, with the server's own
+//! time per search read from `/metrics` over the same requests (what the HTTP layer adds), and
+//! search throughput under load from many connections at once. Prints a table. Collections it
+//! creates are named `bench-*` and deleted at the end.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
@@ -34,6 +36,12 @@ pub struct HttpBenchArgs {
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Connections searching at once in the load phase.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Seconds of the load phase (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pub load_seconds: u64,
     /// Admin API key for a server with keys (prefer the environment variable).
     #[arg(long, env = "OMNIBIND_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -111,6 +119,76 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+impl Client {
+    /// The server's counters of searches answered and seconds spent in them (`/metrics`).
+    fn search_counters(&self) -> Result<(f64, f64)> {
+        let text = match self.request("GET", "/metrics").call() {
+            Ok(r) => r.into_string()?,
+            Err(e) => bail!("GET /metrics: {e}"),
+        };
+        let value = |name: &str| -> Result<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .with_context(|| format!("/metrics has no {name}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("/metrics: {name} is not a number"))
+        };
+        Ok((
+            value("omnibind_searches_total")?,
+            value("omnibind_search_seconds_total")?,
+        ))
+    }
+}
+
+/// Searches from `connections` threads at once, each on its own connection, for `seconds`:
+/// (queries per second, latencies, failed requests).
+fn load(
+    client: &Client,
+    path: &str,
+    queries: &[Vec<f32>],
+    connections: usize,
+    seconds: u64,
+) -> (f64, Vec<Duration>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let t = Instant::now();
+    let per_thread: Vec<(Vec<Duration>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..connections)
+            .map(|c| {
+                scope.spawn(move || {
+                    let own = Client {
+                        agent: ureq::AgentBuilder::new()
+                            .timeout(Duration::from_secs(60))
+                            .build(),
+                        base: client.base.clone(),
+                        auth: client.auth.clone(),
+                    };
+                    let (mut times, mut failed) = (Vec::new(), 0);
+                    let mut i = c;
+                    while Instant::now() < deadline {
+                        let body = json!({"query": queries[i % queries.len()], "k": 10});
+                        let t = Instant::now();
+                        match own.json("POST", path, Some(body)) {
+                            Ok(_) => times.push(t.elapsed()),
+                            Err(_) => failed += 1,
+                        }
+                        i += connections;
+                    }
+                    (times, failed)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("load thread"))
+            .collect()
+    });
+    let elapsed = t.elapsed().as_secs_f64();
+    let failed = per_thread.iter().map(|(_, f)| f).sum();
+    let times: Vec<Duration> = per_thread.into_iter().flat_map(|(t, _)| t).collect();
+    (times.len() as f64 / elapsed, times, failed)
 }
 
 /// Builds the JSON body of the i-th query of a kind.
@@ -269,18 +347,48 @@ pub fn http(args: HttpBenchArgs) -> Result<()> {
     }
     for (label, body) in kinds {
         let mut times = Vec::with_capacity(args.queries);
+        let (n0, s0) = client.search_counters()?;
         for i in 0..args.queries {
             let b = body(i);
             let t = Instant::now();
             client.json("POST", &search, Some(b))?;
             times.push(t.elapsed());
         }
+        let (n1, s1) = client.search_counters()?;
+        // The server's own mean time per search over the same requests: the rest of the
+        // client's mean is the HTTP layer (connection, parsing, JSON, routing, middleware).
+        let in_server = (s1 - s0) / (n1 - n0).max(1.0) * 1e3;
         let (p50, p95, p99, mean) = percentiles(times);
         rows.push((
             format!("{label} at {} items", args.items),
             format!(
-                "p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms, mean {mean:.2} ms ({} queries)",
-                args.queries
+                "p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms, mean {mean:.2} ms ({} queries); \
+                 in the server {in_server:.3} ms, HTTP adds {:.3} ms (means)",
+                args.queries,
+                mean - in_server
+            ),
+        ));
+    }
+    if args.load_seconds > 0 && args.connections > 0 {
+        let (qps, times, failed) = load(
+            &client,
+            &search,
+            &queries,
+            args.connections,
+            args.load_seconds,
+        );
+        if times.is_empty() {
+            bail!("no search succeeded under load ({failed} failed)");
+        }
+        let (p50, p95, p99, _) = percentiles(times);
+        rows.push((
+            format!(
+                "search vector k=10 at {} items, {} connections, {} s",
+                args.items, args.connections, args.load_seconds
+            ),
+            format!(
+                "{qps:.0} queries/s, p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms, \
+                 {failed} failed"
             ),
         ));
     }

@@ -244,6 +244,8 @@ fn the_http_bench_sends_the_key() {
         batch: 4,
         upload_batches: 1,
         seed: 1,
+        connections: 3,
+        load_seconds: 1,
         api_key: key.map(str::to_string),
     };
     let e = omnibind::bench::http(args(None)).unwrap_err();
