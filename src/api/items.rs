@@ -24,7 +24,7 @@ use super::extract::{
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
 use crate::embed::Modality;
-use crate::engine::{Content, ItemStatus, ItemView, NewInput};
+use crate::engine::{Content, ItemStatus, ItemView, NewInput, MAX_UPLOAD_ITEMS};
 
 /// Default page size of item listings.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -228,6 +228,13 @@ async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<New
         let n = items.len();
         match name.as_str() {
             "file" | "text" => {
+                // Refused here, before more files are spooled, rather than after the whole form.
+                if n == MAX_UPLOAD_ITEMS {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("at most {MAX_UPLOAD_ITEMS} items per request"),
+                    ));
+                }
                 let content = if name == "file" {
                     Content::File {
                         bytes: value.into_media(),

@@ -214,3 +214,31 @@ fn leftovers_in_the_spool_are_removed_at_start() {
     assert_eq!(spooled(&spool), Vec::new());
     drop(server);
 }
+
+#[test]
+fn a_form_over_the_item_limit_is_refused_and_its_files_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create("c");
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for i in 0..1100 {
+        form = form.part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(format!("note {i}").into_bytes())
+                .file_name("n.txt"),
+        );
+    }
+    let (s, v) = server.post_form("/v1/collections/c/items", form);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1024"),
+        "{v}"
+    );
+    assert_eq!(spooled(&dir.path().join("spool")), Vec::new());
+    let (s, v) = server.get("/v1/collections/c");
+    assert_eq!((s, v["total"].as_u64()), (200, Some(0)), "{v}");
+}
