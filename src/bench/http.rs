@@ -119,9 +119,7 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
-}
 
-impl Client {
     /// The server's counters of searches answered and seconds spent in them (`/metrics`).
     fn search_counters(&self) -> Result<(f64, f64)> {
         let text = match self.request("GET", "/metrics").call() {

@@ -112,9 +112,12 @@ impl Media {
     pub fn load(&self) -> Result<Cow<'_, [u8]>, EmbedError> {
         match self {
             Media::Memory(b) => Ok(Cow::Borrowed(b)),
-            Media::File { path, .. } => std::fs::read(path.as_ref() as &std::path::Path)
-                .map(Cow::Owned)
-                .map_err(|e| EmbedError::io(path.as_ref() as &std::path::Path, e)),
+            Media::File { path, .. } => {
+                let p: &std::path::Path = path.as_ref();
+                std::fs::read(p)
+                    .map(Cow::Owned)
+                    .map_err(|e| EmbedError::io(p, e))
+            }
         }
     }
 

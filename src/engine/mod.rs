@@ -550,7 +550,6 @@ impl Engine {
             d if bytes.len() <= head.len() as u64 => d,
             _ => detect(&bytes.load()?),
         };
-        drop(head);
         let detected = detected.ok_or_else(|| {
             EngineError::UnsupportedMedia(
                 "unrecognised file format (detected from its bytes); supported: JPEG, PNG, WebP, GIF images, \
