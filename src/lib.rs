@@ -14,6 +14,8 @@
 //! - [`eval`]: cross-modal retrieval and zero-shot classification of a model over that data
 //!   (`omnibind eval`); no HTTP.
 //!
+//! [`guard`] is a leaf that contains panics inside third-party parsers of untrusted bytes.
+//!
 //! The binary (`src/main.rs`) is a thin command-line front over this library.
 
 pub mod api;
@@ -25,6 +27,7 @@ pub mod data;
 pub mod embed;
 pub mod engine;
 pub mod eval;
+pub mod guard;
 pub mod index;
 pub mod ingest;
 pub mod store;

@@ -53,46 +53,54 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fuzz_target!(|input: &[u8]| {
-    let [mode, pick, a, b, payload @ ..] = input else {
-        return;
-    };
-    let (_, dirs) = templates();
-    let template = &dirs[usize::from(mode & 1 | (mode >> 4) & 2) % 3];
-    let work = tempfile::tempdir().unwrap();
-    for f in files(template) {
-        std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
-    }
-    let targets = files(work.path());
-    let target = &targets[usize::from(*pick) % targets.len()];
-    let mut bytes = std::fs::read(target).unwrap();
-    let offset = usize::from(u16::from_le_bytes([*a, *b]));
-    match (mode >> 1) & 3 {
-        0 => bytes = payload.to_vec(),
-        1 | 3 => {
-            let start = offset.min(bytes.len());
-            let end = (start + payload.len()).min(bytes.len());
-            bytes[start..end].copy_from_slice(&payload[..end - start]);
+fuzz_target!(
+    init: {
+        // libFuzzer's hook aborts on every panic, even one that omnibind contains inside a
+        // third-party parser (`omnibind::guard`); with the default hook back, only a panic that
+        // escapes omnibind's API fails the run.
+        let _ = std::panic::take_hook();
+    },
+    |input: &[u8]| {
+        let [mode, pick, a, b, payload @ ..] = input else {
+            return;
+        };
+        let (_, dirs) = templates();
+        let template = &dirs[usize::from(mode & 1 | (mode >> 4) & 2) % 3];
+        let work = tempfile::tempdir().unwrap();
+        for f in files(template) {
+            std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
         }
-        _ => bytes.truncate(offset),
-    }
-    std::fs::write(target, &bytes).unwrap();
-    let graph_file = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.contains(".hnsw."));
-    if mode & 8 != 0 && !graph_file {
-        let _ = reseal_dump(work.path());
-    }
-    if let Ok(loaded) = load(work.path(), &config()) {
-        let index = loaded.index;
-        let hits = index
-            .search(&[1.0, 0.5, 0.25, 0.125], 5, &SearchParams::default(), None)
-            .unwrap_or_default();
-        assert!(hits.len() <= index.len().min(5));
-        let _ = index.ids();
-        if index.insert(1000, &[0.0, 1.0, 0.0, 0.0]).is_ok() {
-            assert!(index.contains(1000));
+        let targets = files(work.path());
+        let target = &targets[usize::from(*pick) % targets.len()];
+        let mut bytes = std::fs::read(target).unwrap();
+        let offset = usize::from(u16::from_le_bytes([*a, *b]));
+        match (mode >> 1) & 3 {
+            0 => bytes = payload.to_vec(),
+            1 | 3 => {
+                let start = offset.min(bytes.len());
+                let end = (start + payload.len()).min(bytes.len());
+                bytes[start..end].copy_from_slice(&payload[..end - start]);
+            }
+            _ => bytes.truncate(offset),
+        }
+        std::fs::write(target, &bytes).unwrap();
+        let graph_file = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains(".hnsw."));
+        if mode & 8 != 0 && !graph_file {
+            let _ = reseal_dump(work.path());
+        }
+        if let Ok(loaded) = load(work.path(), &config()) {
+            let index = loaded.index;
+            let hits = index
+                .search(&[1.0, 0.5, 0.25, 0.125], 5, &SearchParams::default(), None)
+                .unwrap_or_default();
+            assert!(hits.len() <= index.len().min(5));
+            let _ = index.ids();
+            if index.insert(1000, &[0.0, 1.0, 0.0, 0.0]).is_ok() {
+                assert!(index.contains(1000));
+            }
         }
     }
-});
+);

@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use realfft::{RealFftPlanner, RealToComplex};
 
+use super::decoder_panicked;
 use crate::embed::EmbedError;
+use crate::guard::contain;
 
 /// The sample rate ImageBind's audio tower is trained on.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -41,7 +43,7 @@ pub const MAX_CHANNELS: u16 = 64;
 /// channels, a non-zero sample rate, at most 64 bits per sample. symphonia multiplies channels
 /// by bytes per sample in 16 bits unchecked (found by the `audio` fuzz target: 64,513 channels).
 /// The decoder's probe looks for a container's marker past the first byte, so every
-/// `RIFF....WAVE` header in the bytes is checked. Other containers, and WAV files whose chunks
+/// `RIFF....WAVE` header in the bytes is checked, and every `fmt ` chunk in it. Other containers, and WAV files whose chunks
 /// cannot be walked, are left to the decoder.
 fn check_wav_headers(bytes: &[u8]) -> Result<(), EmbedError> {
     let mut from = 0;
@@ -85,7 +87,8 @@ fn check_wav_header(bytes: &[u8]) -> Result<(), EmbedError> {
                     "WAV: invalid format ({rate} Hz, {bits} bits per sample)"
                 )));
             }
-            return Ok(());
+            // The decoder reads every `fmt ` chunk before the data, the last one winning: check
+            // them all.
         }
         at = at
             .saturating_add(8)
@@ -128,8 +131,16 @@ impl Waveform {
 /// streams, and streams that end before their stated length (all but MP3 files without a LAME
 /// header, whose length is only estimated), [`EmbedError::Decode`]; audio with no samples, longer than [`MAX_SAMPLES`]
 /// per channel (checked against the stated duration before decoding, and while decoding), or
-/// with NaN or infinite samples [`EmbedError::InvalidInput`].
+/// with NaN or infinite samples [`EmbedError::InvalidInput`]; a file on which symphonia panics
+/// ([`crate::guard`]) is [`EmbedError::Decode`].
 pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    // The demuxing and decoding loop interleaves symphonia's calls with this module's checks, so
+    // the whole of it runs under the guard.
+    contain(|| decode_audio_unguarded(bytes))
+        .unwrap_or_else(|panic| Err(decoder_panicked(sniff(bytes), &panic)))
+}
+
+fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     use symphonia::core::codecs::audio::well_known::CODEC_ID_MP3;
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::codecs::CodecParameters;
@@ -826,6 +837,14 @@ mod tests {
         w.splice(12..12, list);
         w[34..36].copy_from_slice(&300u16.to_le_bytes());
         assert!(decode_audio(&w).is_err());
+        // A second fmt chunk, which the decoder reads after the first (found by a 10-minute run
+        // of the fuzz target).
+        let mut w = pcm_wav(16000, 1600);
+        let mut second = w[12..36].to_vec();
+        second[10..12].copy_from_slice(&65_534u16.to_le_bytes());
+        w.splice(36..36, second);
+        let err = decode_audio(&w).unwrap_err();
+        assert!(matches!(err, EmbedError::InvalidInput(_)), "{err}");
         // A header after leading junk, which the decoder's probe finds (the fuzzer's "Og" + WAV).
         let mut w = b"Og".to_vec();
         w.extend(with_channels(65_535));

@@ -23,9 +23,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::decoder_panicked;
 use super::map::{resize_and_centre_crop, Map};
 use super::npy::read_npy;
 use crate::embed::EmbedError;
+use crate::guard::contain;
 
 /// Size of the square the official towers take (a model's `inputs.image_size`).
 pub const SIZE: usize = 224;
@@ -105,7 +107,8 @@ pub fn decode_depth(bytes: &[u8]) -> Result<Map, EmbedError> {
             "depth must be a 16-bit PNG (millimetres) or a .npy array (metres)".into(),
         ));
     }
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+    let img = contain(|| image::load_from_memory_with_format(bytes, image::ImageFormat::Png))
+        .map_err(|panic| decoder_panicked("depth PNG", &panic))?
         .map_err(|e| EmbedError::Decode(format!("depth PNG: {e}")))?;
     let img = match img {
         image::DynamicImage::ImageLuma16(g) => g,

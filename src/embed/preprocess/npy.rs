@@ -8,7 +8,9 @@
 
 use npyz::{DType, NpyFile, Order, TypeChar};
 
+use super::decoder_panicked;
 use crate::embed::EmbedError;
+use crate::guard::contain;
 
 /// A decoded array: values converted to f32, in C (row-major) order.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +27,8 @@ fn values<T: npyz::Deserialize>(
     file: NpyFile<&[u8]>,
     to_f32: impl Fn(T) -> f32,
 ) -> Result<Vec<f32>, EmbedError> {
-    Ok(file
-        .into_vec::<T>()
+    Ok(contain(|| file.into_vec::<T>())
+        .map_err(|panic| decoder_panicked(".npy", &panic))?
         .map_err(bad)?
         .into_iter()
         .map(to_f32)
@@ -108,7 +110,9 @@ fn shape_of(header: &[u8]) -> Option<Vec<u64>> {
 /// Parses `.npy` bytes.
 pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, EmbedError> {
     check_header(bytes)?;
-    let file = NpyFile::new(bytes).map_err(bad)?;
+    let file = contain(|| NpyFile::new(bytes))
+        .map_err(|panic| decoder_panicked(".npy", &panic))?
+        .map_err(bad)?;
     let shape: Vec<usize> = file
         .shape()
         .iter()

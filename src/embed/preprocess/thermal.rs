@@ -8,8 +8,10 @@
 //! exact to the reference model on the fixtures, not a claim about the released weights'
 //! training input.
 
+use super::decoder_panicked;
 use super::map::{resize_and_centre_crop, Map};
 use crate::embed::EmbedError;
+use crate::guard::contain;
 
 /// Decodes a thermal image into [0, 1] intensities.
 pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
@@ -22,7 +24,8 @@ pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
             "thermal images must be greyscale PNG or TIFF".into(),
         ));
     };
-    let img = image::load_from_memory_with_format(bytes, format)
+    let img = contain(|| image::load_from_memory_with_format(bytes, format))
+        .map_err(|panic| decoder_panicked("thermal image", &panic))?
         .map_err(|e| EmbedError::Decode(format!("thermal image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = match img {

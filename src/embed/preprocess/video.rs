@@ -43,8 +43,10 @@ use std::io::{Cursor, Read};
 use image::{DynamicImage, RgbImage};
 use zip::ZipArchive;
 
+use super::decoder_panicked;
 use super::image::{decode_oriented, CLIP_MEAN, CLIP_STD};
 use crate::embed::EmbedError;
+use crate::guard::contain;
 
 /// Clips per video (`clips_per_video`).
 pub const CLIPS: usize = 5;
@@ -161,7 +163,8 @@ pub struct FrameArchive<'a> {
 impl<'a> FrameArchive<'a> {
     /// Reads the archive's directory, orders the frames and reads `fps.txt`.
     pub fn open(bytes: &'a [u8]) -> Result<Self, EmbedError> {
-        let mut zip = ZipArchive::new(Cursor::new(bytes))
+        let mut zip = contain(|| ZipArchive::new(Cursor::new(bytes)))
+            .map_err(|panic| decoder_panicked("ZIP", &panic))?
             .map_err(|e| decode_err(format!("not a readable ZIP archive of frames ({e})")))?;
         if zip.len() > MAX_ENTRIES {
             return Err(invalid(format!(
@@ -173,8 +176,8 @@ impl<'a> FrameArchive<'a> {
         let mut fps_entry = None;
         let mut total: u64 = 0;
         for i in 0..zip.len() {
-            let entry = zip
-                .by_index_data(i)
+            let entry = contain(|| zip.by_index_data(i))
+                .map_err(|panic| decoder_panicked("ZIP", &panic))?
                 .map_err(|e| decode_err(format!("entry {i}: {e}")))?;
             if entry.is_dir() {
                 continue;
@@ -277,6 +280,15 @@ impl<'a> FrameArchive<'a> {
 
 /// Reads one entry, refusing more than `cap` bytes or more than its declared size.
 fn read_entry(
+    zip: &mut ZipArchive<Cursor<&[u8]>>,
+    i: usize,
+    cap: u64,
+) -> Result<Vec<u8>, EmbedError> {
+    contain(|| read_entry_unguarded(zip, i, cap))
+        .unwrap_or_else(|panic| Err(decoder_panicked("ZIP", &panic)))
+}
+
+fn read_entry_unguarded(
     zip: &mut ZipArchive<Cursor<&[u8]>>,
     i: usize,
     cap: u64,

@@ -31,10 +31,10 @@
 //! `u64`, then `count` tombstone flags as bytes) and the manifest of the `persist` module, which
 //! records every file's length and XXH64. hnsw_rs writes native-endian files without checksums
 //! and its loader asserts, indexes out of bounds, or even exits the process on malformed input,
-//! so loading verifies both checksums *before* calling the loader, checks that the
-//! loader opens exactly the verified files, runs it under `catch_unwind` as a last resort, and
-//! then cross-checks the graph against the id map. The kept vectors are read back from the
-//! graph's points, so vectors are not stored twice on disk.
+//! so loading verifies both checksums *before* calling the loader, checks that the loader opens
+//! exactly the verified files, runs it under [`crate::guard::contain`] as a last resort, and then
+//! cross-checks the graph against the id map. The kept vectors are read back from the graph's
+//! points, so vectors are not stored twice on disk.
 //!
 //! Loading hnsw_rs's dump was preferred to rebuilding the graph by re-inserting the vectors:
 //! re-insertion costs the full build time (2.1k 512-d vectors per second on two cores at
@@ -53,13 +53,15 @@
 //!
 //! hnsw_rs records the distance's type name (`omnibind::index::hnsw::hnswrs::CosineDistance`) in the
 //! dump and refuses dumps of another name, so moving that type invalidates old dumps (an error,
-//! the caller rebuilds). `catch_unwind` cannot help if the crate is built with `panic = "abort"`.
+//! the caller rebuilds).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
 use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour};
+
+use crate::guard::contain;
 
 use super::super::persist::{
     self, corrupt, io_error, read_u64s, write_u64s, FileEntry, GraphDump, GraphSection, Manifest,
@@ -466,8 +468,7 @@ fn read_ids(dir: &Path, entry: &FileEntry, points: usize) -> Result<(Vec<u64>, V
 
 /// Runs hnsw_rs's `file_dump` for `base` in `dir`, then fsyncs and checksums its two files.
 fn dump_graph(dir: &Path, base: &str, hnsw: &Hnswg) -> Result<GraphDump> {
-    let dumped =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hnsw.file_dump(dir, base)));
+    let dumped = contain(|| hnsw.file_dump(dir, base));
     let basename = match dumped {
         Ok(Ok(name)) => name,
         Ok(Err(e)) => {
@@ -479,10 +480,7 @@ fn dump_graph(dir: &Path, base: &str, hnsw: &Hnswg) -> Result<GraphDump> {
         Err(panic) => {
             return Err(io_error(
                 dir,
-                io::Error::other(format!(
-                    "hnsw_rs panicked while dumping the graph: {}",
-                    panic_message(panic.as_ref())
-                )),
+                io::Error::other(format!("hnsw_rs panicked while dumping the graph: {panic}")),
             ))
         }
     };
@@ -511,7 +509,7 @@ fn load_graph_dump(dir: &Path, dump: &GraphDump, dim: usize) -> Result<Hnswg> {
     dump.data.verify(dir)?;
     let dir_buf = dir.to_path_buf();
     let basename = dump.basename.clone();
-    let loaded = std::panic::catch_unwind(move || {
+    let loaded = contain(move || {
         // See "Borrow" in the module documentation: the loader is leaked so that the graph can
         // be 'static; mapping is off, so the graph never reads it.
         let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_buf, &basename)));
@@ -523,10 +521,7 @@ fn load_graph_dump(dir: &Path, dump: &GraphDump, dim: usize) -> Result<Hnswg> {
         Err(panic) => {
             return Err(corrupt(
                 dir,
-                format!(
-                    "hnsw_rs panicked while loading the graph: {}",
-                    panic_message(panic.as_ref())
-                ),
+                format!("hnsw_rs panicked while loading the graph: {panic}"),
             ))
         }
     };
@@ -538,16 +533,6 @@ fn load_graph_dump(dir: &Path, dump: &GraphDump, dim: usize) -> Result<Hnswg> {
         ));
     }
     Ok(hnsw)
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
 }
 
 #[cfg(test)]
