@@ -59,6 +59,15 @@ struct Client {
 }
 
 impl Client {
+    /// A client with its own connection pool; requests give up after `timeout`.
+    fn new(base: String, auth: Option<String>, timeout: Duration) -> Self {
+        Client {
+            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            base,
+            auth,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base.trim_end_matches('/'))
     }
@@ -156,13 +165,11 @@ fn load(
         let handles: Vec<_> = (0..connections)
             .map(|c| {
                 scope.spawn(move || {
-                    let own = Client {
-                        agent: ureq::AgentBuilder::new()
-                            .timeout(Duration::from_secs(60))
-                            .build(),
-                        base: client.base.clone(),
-                        auth: client.auth.clone(),
-                    };
+                    let own = Client::new(
+                        client.base.clone(),
+                        client.auth.clone(),
+                        Duration::from_secs(60),
+                    );
                     let (mut times, mut failed) = (Vec::new(), 0);
                     let mut i = c;
                     while Instant::now() < deadline {
@@ -220,13 +227,11 @@ fn synthetic_png(n: usize, rng: &mut impl Rng) -> Vec<u8> {
 
 /// `omnibind bench http`.
 pub fn http(args: HttpBenchArgs) -> Result<()> {
-    let client = Client {
-        agent: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(600))
-            .build(),
-        base: args.server.clone(),
-        auth: crate::cli::authorization(args.api_key.as_deref()),
-    };
+    let client = Client::new(
+        args.server.clone(),
+        crate::cli::authorization(args.api_key.as_deref()),
+        Duration::from_secs(600),
+    );
     let models = client.json("GET", "/v1/models", None)?;
     let model = models["models"]
         .as_array()

@@ -7,6 +7,7 @@
 pub mod filter;
 pub mod types;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -544,11 +545,16 @@ impl Engine {
         // Binary formats are told by their first bytes; text needs the whole file (UTF-8 and no
         // control characters throughout), so only a file whose beginning could be text, or was
         // cut inside a character, is read in full here.
+        // A spooled file read in full for that is kept, so a text is not read from disk twice.
         let head = bytes.head(DETECT_HEAD)?;
+        let mut read_whole: Option<Vec<u8>> = None;
         let detected = match detect(&head) {
             Some(d) if d.modality != Some(Modality::Text) => Some(d),
             d if bytes.len() <= head.len() as u64 => d,
-            _ => detect(&bytes.load()?),
+            _ => match bytes.load()? {
+                Cow::Borrowed(b) => detect(b),
+                Cow::Owned(v) => detect(read_whole.insert(v)),
+            },
         };
         let detected = detected.ok_or_else(|| {
             EngineError::UnsupportedMedia(
@@ -587,8 +593,11 @@ impl Engine {
         }
         let input = if modality == Modality::Text {
             Input::Text(
-                String::from_utf8(bytes.into_vec()?)
-                    .map_err(|_| EngineError::invalid("invalid_media", "text is not UTF-8"))?,
+                String::from_utf8(match read_whole {
+                    Some(v) => v,
+                    None => bytes.into_vec()?,
+                })
+                .map_err(|_| EngineError::invalid("invalid_media", "text is not UTF-8"))?,
             )
         } else {
             Input::Bytes { modality, bytes }

@@ -217,6 +217,15 @@ async fn spooled_files_are_recognised_from_disk_and_stored() {
     );
     let got = e.item_content("c", &st[0].id).unwrap();
     assert_eq!(got.0, text.as_bytes());
+    // The text read from the file is the item's text (its record keeps the first 4 KiB).
+    let view = e.get_item("c", &st[0].id).unwrap();
+    let kept = view.text.unwrap();
+    assert!(
+        view.text_truncated && kept.len() >= DETECT_HEAD - 4,
+        "{}",
+        kept.len()
+    );
+    assert!(text.starts_with(&kept));
     // Binary content past the first bytes makes a file that starts like text unsupported.
     let mut not_text = "b".repeat(DETECT_HEAD * 2).into_bytes();
     not_text.push(0);

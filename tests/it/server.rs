@@ -251,7 +251,12 @@ pub(crate) fn raw_request(addr: SocketAddr, head: String, body: Vec<u8>) -> (u16
     }
     let _ = reader.shutdown(std::net::Shutdown::Both);
     let _ = sender.join();
-    let text = String::from_utf8_lossy(&got).to_string();
+    parse_answer(&got)
+}
+
+/// The status and JSON body of a raw HTTP/1.1 answer.
+pub(crate) fn parse_answer(got: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(got).to_string();
     let (head, body) = text
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no answer: {text:?}"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::server::{assert_error, raw_request, TestServer};
+use crate::server::{assert_error, parse_answer, raw_request, TestServer};
 
 const BOUNDARY: &str = "spool-test-boundary";
 
@@ -86,12 +86,7 @@ fn read_answer(mut stream: TcpStream) -> (u16, serde_json::Value) {
         .unwrap();
     let mut got = Vec::new();
     let _ = stream.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer: {text:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap())
+    parse_answer(&got)
 }
 
 #[test]

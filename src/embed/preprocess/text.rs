@@ -72,6 +72,11 @@ impl TextTokenizer {
         self.max_len
     }
 
+    /// The id that fills rows shorter than a batch's longest.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
     /// Token ids of one text, start and end tokens included.
     ///
     /// Only the first `max_len` tokens are kept, so a long text is not tokenised in full (a
@@ -80,11 +85,6 @@ impl TextTokenizer {
     /// in length, until one gives more tokens than fit. Pre-tokenisation splits at whitespace,
     /// so such a prefix's tokens are the first tokens of the whole text, and its truncated ids
     /// are the whole text's.
-    /// The id that fills rows shorter than a batch's longest.
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
-    }
-
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
         let mut budget = self.max_len.max(1) * PREFIX_BYTES_PER_TOKEN;
         while budget < text.len() {
