@@ -276,4 +276,17 @@ mod tests {
         );
         assert_eq!(shape_of(b"{'descr': '<f4', 'shape': (), }"), Some(vec![]));
     }
+
+    /// Found by the `imu` fuzz target (kept in its seeds): dimensions written as sums, which the
+    /// pre-check does not read but npyz's header parser evaluates, overflow npyz's product of
+    /// the shape. The panic is contained and the file is a decode error.
+    #[test]
+    fn a_panic_inside_npyz_is_a_decode_error() {
+        let shape = "(21-8,6666666666666,666666666666+2)";
+        assert_eq!(shape_of(format!("'shape': {shape}").as_bytes()), None);
+        let err = read_npy(&npy("<f8", true, shape, &[0; 64])).unwrap_err();
+        assert!(matches!(err, EmbedError::Decode(_)), "{err}");
+        let seed = include_bytes!("../../../fuzz/seeds/imu/npy_regress_shape_overflow");
+        assert!(matches!(read_npy(seed), Err(EmbedError::Decode(_))));
+    }
 }
