@@ -44,13 +44,41 @@ fn templates() -> &'static (tempfile::TempDir, [PathBuf; 3]) {
     })
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
     files.sort();
-    files
+    Ok(files)
+}
+
+/// Copies `template` into `work` and damages one file as the input says; returns that file.
+/// `fs::read` and `fs::write` retry a call that a signal interrupts (libFuzzer's timeout alarm
+/// is one); `fs::copy` does not.
+fn damage(
+    template: &Path,
+    work: &Path,
+    [mode, pick, a, b]: [u8; 4],
+    payload: &[u8],
+) -> std::io::Result<PathBuf> {
+    for f in files(template)? {
+        std::fs::write(work.join(f.file_name().unwrap()), std::fs::read(&f)?)?;
+    }
+    let targets = files(work)?;
+    let target = targets[usize::from(pick) % targets.len()].clone();
+    let mut bytes = std::fs::read(&target)?;
+    let offset = usize::from(u16::from_le_bytes([a, b]));
+    match (mode >> 1) & 3 {
+        0 => bytes = payload.to_vec(),
+        1 | 3 => {
+            let start = offset.min(bytes.len());
+            let end = (start + payload.len()).min(bytes.len());
+            bytes[start..end].copy_from_slice(&payload[..end - start]);
+        }
+        _ => bytes.truncate(offset),
+    }
+    std::fs::write(&target, &bytes)?;
+    Ok(target)
 }
 
 fuzz_target!(
@@ -67,23 +95,10 @@ fuzz_target!(
         let (_, dirs) = templates();
         let template = &dirs[usize::from(mode & 1 | (mode >> 4) & 2) % 3];
         let work = tempfile::tempdir().unwrap();
-        for f in files(template) {
-            std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
-        }
-        let targets = files(work.path());
-        let target = &targets[usize::from(*pick) % targets.len()];
-        let mut bytes = std::fs::read(target).unwrap();
-        let offset = usize::from(u16::from_le_bytes([*a, *b]));
-        match (mode >> 1) & 3 {
-            0 => bytes = payload.to_vec(),
-            1 | 3 => {
-                let start = offset.min(bytes.len());
-                let end = (start + payload.len()).min(bytes.len());
-                bytes[start..end].copy_from_slice(&payload[..end - start]);
-            }
-            _ => bytes.truncate(offset),
-        }
-        std::fs::write(target, &bytes).unwrap();
+        // The harness's own I/O failing (not omnibind's) is no finding: such an input is skipped.
+        let Ok(target) = damage(template, work.path(), [*mode, *pick, *a, *b], payload) else {
+            return;
+        };
         let graph_file = target
             .file_name()
             .and_then(|n| n.to_str())

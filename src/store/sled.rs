@@ -240,7 +240,9 @@ impl SledStore {
                 .ok_or_else(|| StoreError::corrupt("meta", "clock is not 8 bytes"))?,
             None => 0,
         };
-        let next = current + 1;
+        let next = current
+            .checked_add(1)
+            .ok_or_else(|| StoreError::corrupt("meta", "clock is at its maximum"))?;
         b.meta.insert(keys::CLOCK_KEY, &next.to_le_bytes());
         Ok(next)
     }
@@ -262,13 +264,16 @@ impl SledStore {
                     .ok_or_else(|| StoreError::corrupt("counts", "counter is not 8 bytes"))?,
                 None => 0,
             };
-            let next = current as i64 + d;
-            if next < 0 {
-                return Err(StoreError::corrupt(
-                    "counts",
-                    format!("counter of `{modality}` in `{coll}` would become negative"),
-                ));
-            }
+            let next = i64::try_from(current)
+                .ok()
+                .and_then(|c| c.checked_add(*d))
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    StoreError::corrupt(
+                        "counts",
+                        format!("counter of `{modality}` in `{coll}` is out of range ({current})"),
+                    )
+                })?;
             if next == 0 {
                 batch.remove(key);
             } else {
@@ -573,7 +578,9 @@ impl Store for SledStore {
                     (id, None)
                 }
             };
-            coll.next_seq += 1;
+            coll.next_seq = seq.checked_add(1).ok_or_else(|| {
+                StoreError::corrupt("collections", "sequence number is at its maximum")
+            })?;
             match old {
                 Some(old) => {
                     outcomes.push(PutOutcome::Replaced {

@@ -1178,6 +1178,58 @@ fn corrupt_records_are_reported() {
     ));
 }
 
+/// Damaged records at the end of their range: the clock, a counter and a collection's next
+/// sequence number. Writing past them must give a corrupt-store error, never an overflow.
+#[test]
+fn records_at_their_maximum_are_corrupt_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_collection(new_collection("c")).unwrap();
+    put(&s, "c", vec![item(Some("a"), "text", None, 1)]);
+    let is_corrupt = |r: Result<_, StoreError>, want: &str| match r {
+        Err(StoreError::Corrupt { tree, .. }) => assert_eq!(tree, want),
+        other => panic!("expected a corrupt `{want}` tree, got {other:?}"),
+    };
+    let put_b = || {
+        s.put_items(
+            "c",
+            vec![item(Some("b"), "text", None, 2)],
+            PutOptions::default(),
+        )
+        .map(|_| ())
+    };
+
+    for big in [u64::MAX, i64::MAX as u64] {
+        s.t.counts
+            .insert(keys::count("c", "text"), &big.to_le_bytes())
+            .unwrap();
+        is_corrupt(put_b(), "counts");
+    }
+    s.t.counts
+        .insert(keys::count("c", "text"), &1u64.to_le_bytes())
+        .unwrap();
+
+    let raw = s.t.collections.get("c").unwrap().unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    rec["next_seq"] = u64::MAX.into();
+    s.t.collections
+        .insert("c", serde_json::to_vec(&rec).unwrap())
+        .unwrap();
+    is_corrupt(put_b(), "collections");
+    s.t.collections.insert("c", raw).unwrap();
+
+    s.t.meta
+        .insert(keys::CLOCK_KEY, &u64::MAX.to_le_bytes())
+        .unwrap();
+    is_corrupt(s.create_collection(new_collection("d")).map(|_| ()), "meta");
+    is_corrupt(s.delete_item("c", "a").map(|_| ()), "meta");
+
+    // Nothing was written by the refused calls.
+    assert_eq!(s.get_item("c", "a").unwrap().id, "a");
+    assert!(s.get_item("c", "b").is_err());
+    assert_eq!(s.modality_counts("c").unwrap()["text"], 1);
+}
+
 #[test]
 fn concurrent_writers_get_unique_seqs() {
     let dir = tempfile::tempdir().unwrap();
