@@ -21,6 +21,8 @@ run_one() {
         echo "fuzz $target: ok, $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$target.log" | grep -o '[0-9]*$') executions in $2 s"
     else
         echo "fuzz $target: FAILED"
+        # The panic message sits above a long backtrace, so it is printed before the log's tail.
+        grep -m 1 -A 1 "panicked at" "$scratch/$target.log" || true
         tail -n 60 "$scratch/$target.log"
         return 1
     fi
