@@ -377,6 +377,16 @@ pub struct ServeArgs {
     /// reach the port may read and change everything (sets auth.allow_unauthenticated_remote).
     #[arg(long)]
     pub allow_unauthenticated_remote: bool,
+    /// Serve this one model instead of the configured ones: `builtin:default`, a model
+    /// directory (`./dir`, `/abs/dir`), or a Hugging Face id (`openai/clip-vit-base-patch32`).
+    #[arg(long, value_name = "DIR_OR_ID")]
+    pub model: Option<String>,
+    /// The name `--model` is served under (default: the id's or directory's last part).
+    #[arg(long, value_name = "NAME", requires = "model")]
+    pub model_name: Option<String>,
+    /// Download missing files of Hugging Face models (sets hub.allow_download on every model).
+    #[arg(long)]
+    pub allow_download: bool,
 }
 
 /// `omnibind serve`: loads the configuration and models, opens the data directory and serves
@@ -386,6 +396,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         allow_unauthenticated_remote: args.allow_unauthenticated_remote,
+        model: args.model,
+        model_name: args.model_name,
+        allow_download: args.allow_download,
     };
     let settings = Settings::load(args.config.as_deref(), &overrides)?;
     let t = Instant::now();

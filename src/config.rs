@@ -1,13 +1,19 @@
 //! One validated `Settings` struct: built-in defaults (the repository's `config.toml`) < a
 //! configuration file < environment variables `OMNIBIND__SECTION__KEY` < command-line flags.
+//!
+//! Relative paths written in a configuration file (`server.data_dir`, a model's `path` and
+//! `hub.cache_dir`) are taken from the file's own directory, as nginx and Prometheus do;
+//! relative paths from the built-in defaults, the environment or a flag are taken from the
+//! current directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::{Figment, Source};
 use serde::{Deserialize, Serialize};
 
+use crate::embed::hub::ModelRef;
 use crate::embed::ModelSpec;
 
 /// The documented defaults, compiled in.
@@ -145,6 +151,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--allow-unauthenticated-remote`.
     pub allow_unauthenticated_remote: bool,
+    /// `--model REF`: serve this one model instead of the configured list.
+    pub model: Option<String>,
+    /// `--model-name NAME`: the name `--model` is served under (default: from the reference).
+    pub model_name: Option<String>,
+    /// `--allow-download`: fetch missing Hugging Face files for every served model.
+    pub allow_download: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,11 +196,85 @@ impl Settings {
         if overrides.allow_unauthenticated_remote {
             fig = fig.merge(("auth.allow_unauthenticated_remote", true));
         }
-        let s: Settings = fig
+        let mut s: Settings = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            s.resolve_file_paths(&fig, path)?;
+        }
+        s.apply_model_overrides(overrides)?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// Makes the relative paths that `file` wrote absolute, against the file's directory.
+    fn resolve_file_paths(&mut self, fig: &Figment, file: &Path) -> Result<(), ConfigError> {
+        let file = std::path::absolute(file)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
+        let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let canonical = std::fs::canonicalize(&file).ok();
+        let from_file = |key: &str| {
+            fig.find_metadata(key).is_some_and(|m| match &m.source {
+                Some(Source::File(p)) => std::fs::canonicalize(p).ok() == canonical,
+                _ => false,
+            })
+        };
+        if from_file("server.data_dir") && self.server.data_dir.is_relative() {
+            self.server.data_dir = base.join(&self.server.data_dir);
+        }
+        // A list of models comes from one source as a whole (a file's list replaces the
+        // defaults' list).
+        if from_file("models") {
+            for (i, model) in self.models.iter_mut().enumerate() {
+                // Parsed once here, so that the reference names the same thing wherever the
+                // server is started; errors name the entry.
+                match ModelRef::parse_in(&model.path, &base) {
+                    Ok(ModelRef::Local(dir)) => model.path = dir.display().to_string(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{}: models[{i}].path: {e}",
+                            file.display()
+                        )))
+                    }
+                }
+                if let Some(cache) = model.hub.cache_dir.as_mut().filter(|c| c.is_relative()) {
+                    *cache = base.join(&*cache);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `--model`, `--model-name` and `--allow-download`.
+    fn apply_model_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(reference) = &o.model {
+            let parsed = ModelRef::parse(reference)
+                .map_err(|e| ConfigError::Invalid(format!("--model: {e}")))?;
+            let name = match &o.model_name {
+                Some(name) => name.clone(),
+                None => parsed.suggested_name().ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "--model {reference}: no name can be made from it; pass --model-name"
+                    ))
+                })?,
+            };
+            let path = match parsed {
+                ModelRef::Local(dir) => dir.display().to_string(),
+                _ => reference.clone(),
+            };
+            self.models = vec![ModelSpec::new(name, path)];
+        } else if o.model_name.is_some() {
+            return Err(ConfigError::Invalid(
+                "--model-name goes with --model".into(),
+            ));
+        }
+        if o.allow_download {
+            for model in &mut self.models {
+                model.hub.allow_download = true;
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -432,5 +518,73 @@ mod tests {
             Settings::load(Some(Path::new("/no/such.toml")), &Overrides::default()),
             Err(ConfigError::MissingFile(_))
         ));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn relative_paths_in_a_file_are_taken_from_its_directory() {
+        figment::Jail::expect_with(|jail| {
+            let root = std::path::absolute(jail.directory()).unwrap();
+            std::fs::create_dir_all(root.join("etc/models/tuned")).unwrap();
+            jail.create_file(
+                "etc/omnibind.toml",
+                "[server]\ndata_dir = \"var/data\"\n\n\
+                 [[models]]\nname = \"a\"\npath = \"./models/mine\"\n\
+                 hub = { cache_dir = \"hf\" }\n\n\
+                 [[models]]\nname = \"b\"\npath = \"models/tuned\"\n\n\
+                 [[models]]\nname = \"c\"\npath = \"openai/clip-vit-base-patch32\"\n\n\
+                 [[models]]\nname = \"d\"\npath = \"builtin:default\"\n",
+            )?;
+            let s = Settings::load(Some(Path::new("etc/omnibind.toml")), &Overrides::default())
+                .unwrap();
+            assert_eq!(s.server.data_dir, root.join("etc/var/data"));
+            let paths: Vec<&str> = s.models.iter().map(|m| m.path.as_str()).collect();
+            let mine = root.join("etc/models/mine").display().to_string();
+            let tuned = root.join("etc/models/tuned").display().to_string();
+            assert_eq!(
+                paths,
+                [
+                    &mine,
+                    &tuned,
+                    "openai/clip-vit-base-patch32",
+                    "builtin:default"
+                ]
+            );
+            assert_eq!(s.models[0].hub.cache_dir, Some(root.join("etc/hf")));
+            // From the environment, relative paths stay relative to the current directory.
+            jail.set_env("OMNIBIND__SERVER__DATA_DIR", "here");
+            let s = Settings::load(Some(Path::new("etc/omnibind.toml")), &Overrides::default())
+                .unwrap();
+            assert_eq!(s.server.data_dir, PathBuf::from("here"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_model_flag_serves_one_model_by_its_own_name() {
+        let o = Overrides {
+            model: Some("openai/clip-vit-base-patch32".into()),
+            allow_download: true,
+            ..Default::default()
+        };
+        let s = load_clean(&o).unwrap();
+        assert_eq!(s.models.len(), 1);
+        assert_eq!(s.models[0].name, "clip-vit-base-patch32");
+        assert_eq!(s.models[0].path, "openai/clip-vit-base-patch32");
+        assert!(s.models[0].hub.allow_download);
+        let o = Overrides {
+            model: Some("builtin:default".into()),
+            model_name: Some("bundled".into()),
+            ..Default::default()
+        };
+        let s = load_clean(&o).unwrap();
+        assert_eq!(
+            (s.models[0].name.as_str(), s.models[0].path.as_str()),
+            ("bundled", "builtin:default")
+        );
+        // The default configuration names the embedded model, not a relative path.
+        let s = load_clean(&Overrides::default()).unwrap();
+        assert_eq!(s.models[0].path, "builtin:default");
+        assert!(!s.models[0].hub.allow_download);
     }
 }

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod data;

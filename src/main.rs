@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "omnibind", version, about = "Multimodal vector search server")]
+#[command(
+    name = "omnibind",
+    version = omnibind::build_info::VERSION_LINE.as_str(),
+    about = "Multimodal vector search server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,8 +53,25 @@ enum BenchCommand {
     Encode(omnibind::bench::EncodeBenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line each; a backtrace only with RUST_BACKTRACE=1.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("{}", e.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // The server reports its progress (address, models, shutdown) at `info`; the other
     // commands print their results on standard output and only warnings on standard error.
     let default_filter = match cli.command {

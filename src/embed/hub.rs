@@ -1,5 +1,11 @@
-//! Finding a model's files: a local directory, or a Hugging Face model id resolved from the
-//! local Hugging Face cache, downloaded only when configuration allows it.
+//! Finding a model's files. A model reference is one of three things, told apart without
+//! guessing ([`ModelRef::parse`]):
+//!
+//! 1. `builtin:NAME`: a model embedded in the binary ([`super::builtin`]);
+//! 2. a local directory: a reference that starts with `/`, `./`, `../` or `~`, or names a
+//!    directory that exists;
+//! 3. otherwise a Hugging Face model id (`owner/name`), resolved from the local Hugging Face
+//!    cache and downloaded only when configuration allows it.
 
 use std::path::{Path, PathBuf};
 
@@ -81,25 +87,132 @@ fn check_dir(dir: &Path) -> Result<(), Vec<String>> {
     }
 }
 
-/// Resolves a model name to a directory holding its files.
-pub fn resolve_model_dir(name: &str, opts: &HubOptions) -> Result<PathBuf, EmbedError> {
-    let path = Path::new(name);
-    if path.is_dir() {
-        return check_dir(path)
-            .map(|_| path.to_path_buf())
-            .map_err(|missing| {
-                EmbedError::ModelNotFound(format!(
-                    "{} lacks {}",
-                    path.display(),
-                    missing.join(", ")
-                ))
+/// What a model reference names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    /// `builtin:NAME`.
+    Builtin(String),
+    /// A local directory, as an absolute path.
+    Local(PathBuf),
+    /// A Hugging Face model id; `tried` is the absolute local path that does not exist.
+    Hub { id: String, tried: PathBuf },
+}
+
+/// Where a reference can start to be a local directory whether or not it exists.
+fn is_explicit_path(reference: &str) -> bool {
+    reference.starts_with('/')
+        || reference.starts_with('~')
+        || reference.starts_with("./")
+        || reference.starts_with("../")
+        || reference == "."
+        || reference == ".."
+}
+
+impl ModelRef {
+    /// Parses a reference; relative paths are taken from the current directory.
+    pub fn parse(reference: &str) -> Result<Self, EmbedError> {
+        let cwd = std::env::current_dir().map_err(|e| EmbedError::io(".", e))?;
+        Self::parse_in(reference, &cwd)
+    }
+
+    /// Parses a reference; relative paths are taken from `base` (a configuration file's
+    /// directory, or the current directory).
+    pub fn parse_in(reference: &str, base: &Path) -> Result<Self, EmbedError> {
+        if let Some(name) = reference.strip_prefix(super::builtin::PREFIX) {
+            return Ok(Self::Builtin(name.to_string()));
+        }
+        if reference.is_empty() {
+            return Err(EmbedError::ModelNotFound(
+                "the model reference is empty".into(),
+            ));
+        }
+        let path = expand_home(reference)?;
+        let local = std::path::absolute(base.join(&path)).map_err(|e| EmbedError::io(&path, e))?;
+        if is_explicit_path(reference) || local.is_dir() {
+            return Ok(Self::Local(local));
+        }
+        if looks_like_hub_id(reference) {
+            return Ok(Self::Hub {
+                id: reference.to_string(),
+                tried: local,
             });
+        }
+        Err(EmbedError::ModelNotFound(format!(
+            "`{reference}` is neither a model directory (there is no directory {}) nor a \
+             Hugging Face model id (owner/name), nor a built-in model (builtin:NAME)",
+            local.display()
+        )))
     }
-    if !looks_like_hub_id(name) {
-        return Err(EmbedError::ModelNotFound(format!(
-            "`{name}` is neither a model directory nor a Hugging Face model id (owner/name)"
-        )));
+}
+
+impl ModelRef {
+    /// A name to serve the model under when none is given: the built-in name, the last part
+    /// of a hub id, or the directory's own name.
+    pub fn suggested_name(&self) -> Option<String> {
+        match self {
+            Self::Builtin(name) => Some(name.clone()),
+            Self::Hub { id, .. } => id.rsplit('/').next().map(str::to_string),
+            Self::Local(dir) => dir
+                .components()
+                .rfind(|c| matches!(c, std::path::Component::Normal(_)))
+                .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+        }
+        .filter(|n| !n.is_empty())
     }
+}
+
+/// `~` and `~/...` from `$HOME`; other references unchanged.
+fn expand_home(reference: &str) -> Result<PathBuf, EmbedError> {
+    let rest = match reference.strip_prefix('~') {
+        None => return Ok(PathBuf::from(reference)),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_start_matches('/'),
+        Some(_) => {
+            return Err(EmbedError::ModelNotFound(format!(
+                "`{reference}`: only `~/` (the current user's home) is understood, not `~user`"
+            )))
+        }
+    };
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        EmbedError::ModelNotFound(format!(
+            "`{reference}`: HOME is not set, so `~` means nothing"
+        ))
+    })?;
+    Ok(PathBuf::from(home).join(rest))
+}
+
+/// The directory a parsed local or hub reference names (a built-in model has none).
+pub fn resolve_dir(model: &ModelRef, opts: &HubOptions) -> Result<PathBuf, EmbedError> {
+    match model {
+        ModelRef::Builtin(name) => Err(EmbedError::ModelNotFound(format!(
+            "`builtin:{name}` is embedded in the binary and has no directory; this command needs \
+             a model directory"
+        ))),
+        ModelRef::Local(dir) => {
+            if !dir.is_dir() {
+                return Err(EmbedError::ModelNotFound(format!(
+                    "model directory {} does not exist",
+                    dir.display()
+                )));
+            }
+            check_dir(dir).map(|_| dir.clone()).map_err(|missing| {
+                EmbedError::ModelNotFound(format!("{} lacks {}", dir.display(), missing.join(", ")))
+            })
+        }
+        ModelRef::Hub { id, tried } => resolve_hub(id, tried, opts),
+    }
+}
+
+/// Resolves a model reference (relative to the current directory) to a directory holding its
+/// files.
+pub fn resolve_model_dir(name: &str, opts: &HubOptions) -> Result<PathBuf, EmbedError> {
+    resolve_dir(&ModelRef::parse(name)?, opts)
+}
+
+/// How to turn downloads on, as the error messages say it.
+pub const ENABLE_DOWNLOADS: &str = "pass --allow-download to `omnibind serve`, or set \
+     `hub.allow_download = true` in the model's [[models]] entry";
+
+fn resolve_hub(name: &str, tried: &Path, opts: &HubOptions) -> Result<PathBuf, EmbedError> {
     let cache = opts.cache();
     let cached = cache.repo(opts.repo(name));
     if let Some(dir) = cached
@@ -111,7 +224,7 @@ pub fn resolve_model_dir(name: &str, opts: &HubOptions) -> Result<PathBuf, Embed
             Err(missing) if !opts.allow_download => {
                 return Err(EmbedError::ModelNotFound(format!(
                     "model `{name}` is only partly in the Hugging Face cache: {} lacks {}. \
-                     Copy those files there, or enable downloads ([models] allow_download = true).",
+                     Copy those files there, or enable downloads ({ENABLE_DOWNLOADS}).",
                     dir.display(),
                     missing.join(", ")
                 )))
@@ -123,11 +236,12 @@ pub fn resolve_model_dir(name: &str, opts: &HubOptions) -> Result<PathBuf, Embed
         let repo_dir = cache.path().join(opts.repo(name).folder_name());
         let revision = opts.revision.as_deref().unwrap_or("main");
         return Err(EmbedError::ModelNotFound(format!(
-            "model `{name}` is not in the Hugging Face cache at {cache}, and downloads are disabled. \
-             Either put config.json, tokenizer.json, preprocessor_config.json and model.safetensors \
-             in {repo}/snapshots/<commit>/ with the commit written in {repo}/refs/{revision}, \
-             or pass the directory that holds them as the model path, or enable downloads \
-             ([models] allow_download = true).",
+            "`{name}` is neither a local directory (there is no directory {tried}) nor, as a \
+             Hugging Face model id, in the cache at {cache}, and downloads are disabled. Either pass the directory that holds config.json, \
+             tokenizer.json and model.safetensors (start a relative path with ./), or put those \
+             files in {repo}/snapshots/<commit>/ with the commit written in \
+             {repo}/refs/{revision}, or enable downloads ({ENABLE_DOWNLOADS}).",
+            tried = tried.display(),
             cache = cache.path().display(),
             repo = repo_dir.display(),
         )));
@@ -257,5 +371,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    #[test]
+    fn references_are_told_apart_without_guessing() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path();
+        std::fs::create_dir_all(b.join("acme/local")).unwrap();
+        let parse = |r: &str| ModelRef::parse_in(r, b).unwrap();
+        assert_eq!(
+            parse("builtin:default"),
+            ModelRef::Builtin("default".into())
+        );
+        // Explicit paths are local whether or not they exist.
+        assert_eq!(parse("./missing"), ModelRef::Local(b.join("missing")));
+        assert_eq!(parse("../up"), ModelRef::Local(b.join("../up")));
+        assert_eq!(parse("/abs/dir"), ModelRef::Local("/abs/dir".into()));
+        // A hub-shaped name is local when such a directory exists, a hub id otherwise.
+        assert_eq!(parse("acme/local"), ModelRef::Local(b.join("acme/local")));
+        assert_eq!(
+            parse("models/default"),
+            ModelRef::Hub {
+                id: "models/default".into(),
+                tried: b.join("models/default")
+            }
+        );
+        let e = ModelRef::parse_in("a/b/c", b).unwrap_err().to_string();
+        assert!(
+            e.contains("neither a model directory") && e.contains("a/b/c"),
+            "{e}"
+        );
+        assert!(ModelRef::parse_in("~someone/x", b).is_err());
+    }
+
+    #[test]
+    fn a_missing_local_directory_names_its_absolute_path() {
+        let base = tempfile::tempdir().unwrap();
+        let model = ModelRef::parse_in("./models/mine", base.path()).unwrap();
+        let e = resolve_dir(&model, &HubOptions::default())
+            .unwrap_err()
+            .to_string();
+        let abs = base.path().join("models/mine");
+        assert!(
+            e.contains(&format!("model directory {} does not exist", abs.display())),
+            "{e}"
+        );
+        assert!(!e.contains("Hugging Face"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_hub_id_names_both_places_and_how_to_download() {
+        let base = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let opts = HubOptions {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        };
+        let model = ModelRef::parse_in("models/default", base.path()).unwrap();
+        let e = resolve_dir(&model, &opts).unwrap_err().to_string();
+        let tried = base.path().join("models/default");
+        assert!(
+            e.contains(&format!("there is no directory {}", tried.display())),
+            "{e}"
+        );
+        assert!(e.contains(&cache.path().display().to_string()), "{e}");
+        assert!(
+            e.contains("--allow-download") && e.contains("hub.allow_download"),
+            "{e}"
+        );
     }
 }

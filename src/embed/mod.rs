@@ -10,6 +10,7 @@
 //! It never imports the HTTP, store or index layers: callers hand it bytes or text and get
 //! L2-normalised vectors back.
 
+pub mod builtin;
 pub mod clip;
 pub mod device;
 pub mod hub;

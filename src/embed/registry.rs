@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::clip::ClipEncoder;
 use super::device::{select_device, DeviceSpec, Precision};
-use super::hub::{resolve_model_dir, safetensors_shards, HubOptions};
+use super::hub::{resolve_dir, safetensors_shards, HubOptions, ModelRef};
 use super::imagebind::ImageBindEncoder;
 use super::{EmbedError, Encoder, Modality};
 
@@ -22,7 +22,8 @@ use super::{EmbedError, Encoder, Modality};
 pub struct ModelSpec {
     /// Name the model is served under.
     pub name: String,
-    /// A directory in Hugging Face layout, or a hub id such as `openai/clip-vit-base-patch32`.
+    /// `builtin:NAME` (a model embedded in the binary), a directory in Hugging Face layout, or a
+    /// hub id such as `openai/clip-vit-base-patch32` (see [`ModelRef`]).
     pub path: String,
     #[serde(default)]
     pub device: DeviceSpec,
@@ -62,7 +63,16 @@ pub fn load_encoder(spec: &ModelSpec) -> Result<Arc<dyn Encoder>, EmbedError> {
     if spec.max_batch == 0 {
         return Err(EmbedError::Config("max_batch must be at least 1".into()));
     }
-    let dir = resolve_model_dir(&spec.path, &spec.hub)?;
+    let model = ModelRef::parse(&spec.path)?;
+    if let ModelRef::Builtin(name) = &model {
+        let builtin = super::builtin::get(name)?;
+        let device = select_device(spec.device)?;
+        let dtype = spec.precision.dtype(&device);
+        return Ok(Arc::new(ImageBindEncoder::load_builtin(
+            builtin, spec, &device, dtype,
+        )?));
+    }
+    let dir = resolve_dir(&model, &spec.hub)?;
     let device = select_device(spec.device)?;
     let dtype = spec.precision.dtype(&device);
     let config_path = dir.join("config.json");
@@ -207,6 +217,11 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, EmbedError> {
         }
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// SHA-256 of bytes in memory (an embedded model's weights), as lowercase hex.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The licence a model card (`README.md`, else `MODEL_CARD.md`, with YAML front matter)

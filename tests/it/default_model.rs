@@ -1,6 +1,6 @@
 //! The bundled default model (`models/default`): its model card's figures on the committed
 //! held-out sample are what the committed weights give, and a server started with the built-in
-//! configuration alone finds across modalities with it.
+//! configuration alone (the model embedded in the binary) finds across modalities with it.
 
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default")
 }
 
-fn sample_dir() -> PathBuf {
+pub fn sample_dir() -> PathBuf {
     fixtures().join("openmoji-heldout-sample")
 }
 
@@ -68,7 +68,7 @@ fn the_model_card_states_what_the_weights_give_on_the_heldout_sample() {
 }
 
 /// Sample items: hexcode and the manifest line.
-fn sample_items() -> Vec<(String, Value)> {
+pub fn sample_items() -> Vec<(String, Value)> {
     std::fs::read_to_string(sample_dir().join("manifest.jsonl"))
         .unwrap()
         .lines()
@@ -118,8 +118,8 @@ fn the_default_server_finds_images_from_text_and_sound_and_captions_from_motion(
             1,
             "the built-in configuration has one model"
         );
-        assert_eq!(s.models[0].path, "models/default");
-        s.models[0].path = model_dir().to_str().unwrap().to_string();
+        // The bundled model, embedded in the binary: nothing is read from models/default.
+        assert_eq!(s.models[0].path, "builtin:default");
     });
     let (s, v) = server.get("/v1/models");
     assert_eq!(s, 200, "{v}");

@@ -10,6 +10,7 @@ mod imagebind;
 mod imagebind_audio_formats;
 mod imagebind_server;
 mod imagebind_video;
+mod install;
 mod server;
 mod spool;
 mod web;

@@ -17,6 +17,7 @@ use super::config::ImageBindConfig;
 use super::convert::read_pth;
 use super::model::{ImageBindModel, Tower};
 use super::IMAGEBIND_LICENSE;
+use crate::embed::builtin::BuiltinModel;
 use crate::embed::device::{device_name, dtype_name};
 use crate::embed::layers::forward_in_chunks;
 use crate::embed::preprocess::audio::{self, AudioPreprocessConfig, Fbank};
@@ -25,7 +26,9 @@ use crate::embed::preprocess::image::{
 };
 use crate::embed::preprocess::text::TextTokenizer;
 use crate::embed::preprocess::{depth, imu, thermal, video, PREPROCESS_VERSION};
-use crate::embed::registry::{card_license, read_to_string, sha256_files, var_builder, ModelSpec};
+use crate::embed::registry::{
+    card_license, read_to_string, sha256_bytes, sha256_files, var_builder, ModelSpec,
+};
 use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 
 /// A loaded ImageBind model.
@@ -91,17 +94,15 @@ pub fn audio_preprocess_config(config: &ImageBindConfig) -> AudioPreprocessConfi
     }
 }
 
-impl ImageBindEncoder {
-    /// Loads an ImageBind directory, only the towers of `spec.modalities` (all by default).
-    pub fn load(
-        dir: &Path,
-        spec: &ModelSpec,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self, EmbedError> {
-        let config_path = dir.join("config.json");
-        let config = ImageBindConfig::from_json(&read_to_string(&config_path)?)
-            .map_err(|e| EmbedError::Config(format!("{}: {e}", config_path.display())))?;
+/// The towers an ImageBind deployment loads: the modalities it asked for, checked against
+/// what the configuration has.
+struct TowerPlan {
+    wanted: Vec<Modality>,
+    towers: Vec<Tower>,
+}
+
+impl TowerPlan {
+    fn new(config: &ImageBindConfig, spec: &ModelSpec) -> Result<Self, EmbedError> {
         let mut available = config.modalities();
         // The video pipeline makes clips of 2 frames (the official vision input), cropped to
         // the model's image size.
@@ -122,16 +123,44 @@ impl ImageBindEncoder {
         }
         let mut towers: Vec<Tower> = wanted.iter().map(|&m| Tower::of(m)).collect();
         towers.dedup();
+        Ok(Self { wanted, towers })
+    }
+
+    fn has(&self, m: Modality) -> bool {
+        self.wanted.contains(&m)
+    }
+}
+
+/// What a loaded model is made of, wherever its files came from.
+struct Parts<'a> {
+    config: ImageBindConfig,
+    plan: TowerPlan,
+    vb: VarBuilder<'a>,
+    tokenizer: Option<TextTokenizer>,
+    license: String,
+    weights_sha256: String,
+}
+
+impl ImageBindEncoder {
+    /// Loads an ImageBind directory, only the towers of `spec.modalities` (all by default).
+    pub fn load(
+        dir: &Path,
+        spec: &ModelSpec,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EmbedError> {
+        let config_path = dir.join("config.json");
+        let config = ImageBindConfig::from_json(&read_to_string(&config_path)?)
+            .map_err(|e| EmbedError::Config(format!("{}: {e}", config_path.display())))?;
+        let plan = TowerPlan::new(&config, spec)?;
         let weights = imagebind_weights(dir)?;
         let vb = if weights.extension().is_some_and(|e| e == "pth") {
             // The official state dict: read through the one key mapping, wanted towers only.
-            VarBuilder::from_tensors(read_pth(&weights, &towers)?, dtype, device)
+            VarBuilder::from_tensors(read_pth(&weights, &plan.towers)?, dtype, device)
         } else {
             var_builder(std::slice::from_ref(&weights), dtype, device)?
         };
-        let files = vec![weights];
-        let model = ImageBindModel::load(vb, &config, &towers)?;
-        let tokenizer = if wanted.contains(&Modality::Text) {
+        let tokenizer = if plan.has(Modality::Text) {
             Some(TextTokenizer::from_file(
                 &dir.join("tokenizer.json"),
                 config.inputs.context_length,
@@ -139,7 +168,63 @@ impl ImageBindEncoder {
         } else {
             None
         };
-        let fbank = if wanted.contains(&Modality::Audio) {
+        let parts = Parts {
+            license: card_license(dir).unwrap_or_else(|| IMAGEBIND_LICENSE.into()),
+            weights_sha256: sha256_files(&[weights])?,
+            config,
+            plan,
+            vb,
+            tokenizer,
+        };
+        Self::assemble(parts, spec, device, dtype)
+    }
+
+    /// Loads a model embedded in the binary (see [`crate::embed::builtin`]).
+    pub fn load_builtin(
+        model: &'static BuiltinModel,
+        spec: &ModelSpec,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EmbedError> {
+        let config = ImageBindConfig::from_json(model.config_json)
+            .map_err(|e| EmbedError::Config(format!("{}: config.json: {e}", model.reference())))?;
+        let plan = TowerPlan::new(&config, spec)?;
+        let vb = VarBuilder::from_slice_safetensors(model.weights, dtype, device)?;
+        let tokenizer = if plan.has(Modality::Text) {
+            Some(TextTokenizer::from_bytes(
+                model.tokenizer_json,
+                config.inputs.context_length,
+            )?)
+        } else {
+            None
+        };
+        let parts = Parts {
+            license: model.license.into(),
+            weights_sha256: sha256_bytes(model.weights),
+            config,
+            plan,
+            vb,
+            tokenizer,
+        };
+        Self::assemble(parts, spec, device, dtype)
+    }
+
+    fn assemble(
+        parts: Parts<'_>,
+        spec: &ModelSpec,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EmbedError> {
+        let Parts {
+            config,
+            plan,
+            vb,
+            tokenizer,
+            license,
+            weights_sha256,
+        } = parts;
+        let model = ImageBindModel::load(vb, &config, &plan.towers)?;
+        let fbank = if plan.has(Modality::Audio) {
             Some(Fbank::new(
                 audio::SAMPLE_RATE,
                 config.inputs.audio_num_mel_bins,
@@ -148,10 +233,8 @@ impl ImageBindEncoder {
             None
         };
         let audio_cfg = audio_preprocess_config(&config);
-        let mut modalities: Vec<Modality> = Modality::ALL
-            .into_iter()
-            .filter(|m| wanted.contains(m))
-            .collect();
+        let mut modalities: Vec<Modality> =
+            Modality::ALL.into_iter().filter(|m| plan.has(*m)).collect();
         modalities.dedup();
         let info = ModelInfo {
             name: spec.name.clone(),
@@ -160,8 +243,8 @@ impl ImageBindEncoder {
             dim: config.out_embed_dim,
             device: device_name(device),
             precision: dtype_name(dtype).into(),
-            license: card_license(dir).unwrap_or_else(|| IMAGEBIND_LICENSE.into()),
-            weights_sha256: sha256_files(&files)?,
+            license,
+            weights_sha256,
             preprocess_version: PREPROCESS_VERSION,
         };
         Ok(Self {

@@ -48,8 +48,19 @@ pub struct TokenBatch {
 impl TextTokenizer {
     /// Loads `tokenizer.json` and truncates to `max_len` tokens (special tokens included).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self, EmbedError> {
-        let mut inner = Tokenizer::from_file(path)
+        let inner = Tokenizer::from_file(path)
             .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::with_tokenizer(inner, max_len)
+    }
+
+    /// The same from the bytes of a `tokenizer.json` (a model embedded in the binary).
+    pub fn from_bytes(json: &[u8], max_len: usize) -> Result<Self, EmbedError> {
+        let inner = Tokenizer::from_bytes(json)
+            .map_err(|e| EmbedError::Tokenizer(format!("tokenizer.json: {e}")))?;
+        Self::with_tokenizer(inner, max_len)
+    }
+
+    fn with_tokenizer(mut inner: Tokenizer, max_len: usize) -> Result<Self, EmbedError> {
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
