@@ -26,8 +26,21 @@ pub struct Settings {
     pub embed: EmbedSettings,
     pub index: IndexSettings,
     pub auth: AuthSettings,
+    pub metadata: MetadataSettings,
     #[serde(default)]
     pub models: Vec<ModelSpec>,
+}
+
+/// Limits on items' JSON metadata (sizes of its compact serialisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSettings {
+    /// Largest metadata of one item, in bytes.
+    pub max_item_bytes: usize,
+    /// Largest metadata of all items of one upload together, in bytes.
+    pub max_request_bytes: usize,
+    /// Deepest nesting of arrays and objects in one item's metadata (the object is depth 1).
+    pub max_depth: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -58,6 +71,9 @@ pub struct ServerSettings {
 fn default_burst() -> u32 {
     50
 }
+
+/// Largest `metadata.max_depth`: the JSON parser refuses documents nested deeper than 128.
+pub const MAX_METADATA_DEPTH: usize = 127;
 
 /// Shortest API key accepted.
 pub const MIN_KEY_LEN: usize = 16;
@@ -285,11 +301,24 @@ impl Settings {
         if self.server.body_limit == 0 || self.server.upload_limit == 0 {
             return bad("server.body_limit and server.upload_limit must be positive");
         }
-        if !(2..=255).contains(&self.index.m)
-            || self.index.ef_construction == 0
-            || self.index.ef_search == 0
-        {
-            return bad("index.m must be in 2..=255 and ef values at least 1");
+        if let Err(e) = crate::index::validate_hnsw_params(
+            self.index.m,
+            self.index.ef_construction,
+            self.index.ef_search,
+        ) {
+            return Err(ConfigError::Invalid(format!("index: {e}")));
+        }
+        let md = &self.metadata;
+        if md.max_item_bytes < 2 || md.max_request_bytes < md.max_item_bytes {
+            return bad(
+                "metadata.max_item_bytes must be at least 2 (`{}`) and metadata.max_request_bytes \
+                 at least metadata.max_item_bytes",
+            );
+        }
+        if !(1..=MAX_METADATA_DEPTH).contains(&md.max_depth) {
+            return Err(ConfigError::Invalid(format!(
+                "metadata.max_depth must be in 1..={MAX_METADATA_DEPTH}"
+            )));
         }
         let rate = self.server.rate_limit_per_s;
         if !(0.0..=1e6).contains(&rate) || self.server.rate_limit_burst == 0 {
@@ -509,6 +538,18 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("a.toml", "[server]\nlisen = \"x\"\n")?;
             assert!(Settings::load(Some(Path::new("a.toml")), &Overrides::default()).is_err());
+            jail.create_file("m.toml", "[index]\nm = 4294967312\n")?;
+            let e = Settings::load(Some(Path::new("m.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("m must be in 2..=255"), "{e}");
+            jail.create_file("d.toml", "[metadata]\nmax_depth = 0\n")?;
+            let e = Settings::load(Some(Path::new("d.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("max_depth"), "{e}");
+            jail.set_env("OMNIBIND__METADATA__MAX_ITEM_BYTES", "1000");
+            let s = Settings::load(None, &Overrides::default()).unwrap();
+            assert_eq!(s.metadata.max_item_bytes, 1000);
+            jail.set_env("OMNIBIND__METADATA__MAX_REQUEST_BYTES", "999");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("max_request_bytes"), "{e}");
             jail.create_file("b.toml", "[embed]\nworkers = 0\n")?;
             let e = Settings::load(Some(Path::new("b.toml")), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains("workers"), "{e}");

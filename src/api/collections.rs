@@ -19,11 +19,11 @@ pub struct HnswBody {
     /// Links per node (2..=255).
     #[schema(minimum = 2, maximum = 255)]
     pub m: Option<usize>,
-    /// Candidate list width while building; must exceed `2 * m`.
-    #[schema(minimum = 5)]
+    /// Candidate list width while building; must exceed `2 * m`, at most 4096.
+    #[schema(minimum = 5, maximum = 4096)]
     pub ef_construction: Option<usize>,
-    /// Default candidate list width while searching.
-    #[schema(minimum = 1)]
+    /// Default candidate list width while searching (1..=4096).
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef_search: Option<usize>,
 }
 

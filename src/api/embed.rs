@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{
-    finish_form, json_field, next_field, parsed_field, text_field, unknown_field, Payload,
+    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Payload,
 };
 use super::{ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
@@ -117,7 +117,7 @@ impl Form {
                 return Err(unknown_field(&name, known));
             }
             match name.as_str() {
-                "model" => f.model = Some(text_field("model", bytes)?),
+                "model" => set_once(&mut f.model, "model", text_field("model", bytes)?)?,
                 "file" | "text" if f.file.is_some() || f.text.is_some() => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
@@ -126,8 +126,14 @@ impl Form {
                 }
                 "file" => f.file = Some(value.into_media()),
                 "text" => f.text = Some(text_field("text", bytes)?),
-                "modality" => f.modality = Some(parsed_field("modality", bytes)?),
-                "template" => f.template = Some(text_field("template", bytes)?),
+                "modality" => set_once(
+                    &mut f.modality,
+                    "modality",
+                    parsed_field("modality", bytes)?,
+                )?,
+                "template" => {
+                    set_once(&mut f.template, "template", text_field("template", bytes)?)?
+                }
                 "labels" => {
                     let s = text_field("labels", bytes)?;
                     if s.trim_start().starts_with('[') {

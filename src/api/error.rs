@@ -114,6 +114,7 @@ impl From<EngineError> for ApiError {
             // Including `wrong_dimension`, `non_finite_vector`, `empty_file`, `invalid_media`.
             EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
             EngineError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EngineError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(_) | EngineError::Index(_) | EngineError::Embed(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -271,6 +271,19 @@ pub fn json_field<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, Ap
     })
 }
 
+/// Keeps the value of a form field that may appear only once; a repeated one is refused (a
+/// JSON body refuses a duplicate key the same way) rather than the last one silently winning.
+pub fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ApiError> {
+    if slot.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_multipart",
+            format!("duplicate field `{name}`: the form may hold it only once"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
 /// The answer to a field the route does not know.
 pub fn unknown_field(name: &str, known: &[&str]) -> ApiError {
     ApiError::bad_request(

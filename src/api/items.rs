@@ -24,6 +24,7 @@ use super::extract::{
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
 use crate::embed::Modality;
+use crate::engine::metadata::{check_item, RequestBudget};
 use crate::engine::{Content, ItemStatus, ItemView, NewInput, MAX_UPLOAD_ITEMS};
 
 /// Default page size of item listings.
@@ -214,6 +215,12 @@ async fn items_from_form(state: &AppState, mut form: Multipart) -> ApiResult<Vec
 
 async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
     const KNOWN: &[&str] = &["file", "text", "metadata", "id", "modality"];
+    // Metadata limits are checked as fields arrive, before the default metadata is copied
+    // into any item: the defaults count once per item against the request's total, so a small
+    // form cannot make the server hold its default metadata a thousand times over.
+    let limits = *state.engine.metadata_limits();
+    let mut budget = RequestBudget::new(&limits);
+    let mut default_len = 0usize;
     let mut default_meta = serde_json::Map::new();
     let mut default_modality: Option<Modality> = None;
     let mut items: Vec<FormItem> = Vec::new();
@@ -235,6 +242,7 @@ async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<New
                         format!("at most {MAX_UPLOAD_ITEMS} items per request"),
                     ));
                 }
+                budget.charge(default_len)?;
                 let content = if name == "file" {
                     Content::File {
                         bytes: value.into_media(),
@@ -257,11 +265,25 @@ async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<New
             "metadata" => {
                 let m = object_field("metadata", bytes)?;
                 match items.last_mut() {
-                    None => default_meta.extend(m),
+                    None => {
+                        default_meta.extend(m);
+                        let merged = serde_json::Value::Object(std::mem::take(&mut default_meta));
+                        default_len = check_item(&merged, &limits, "default metadata")?;
+                        if let serde_json::Value::Object(m) = merged {
+                            default_meta = m;
+                        }
+                    }
                     Some(it) if it.has_metadata => return Err(dup("metadata", n - 1)),
                     Some(it) => {
+                        let own = serde_json::Value::Object(m);
+                        let len = check_item(&own, &limits, "metadata").map_err(|e| {
+                            let mut e = ApiError::from(e);
+                            e.message = format!("item {}: {}", n - 1, e.message);
+                            e
+                        })?;
+                        budget.charge(len)?;
                         it.has_metadata = true;
-                        it.input.metadata = serde_json::Value::Object(m);
+                        it.input.metadata = own;
                     }
                 }
             }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::extract::{
-    finish_form, json_field, next_field, parsed_field, text_field, unknown_field, Payload,
+    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Payload,
 };
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
@@ -66,7 +66,7 @@ pub struct SearchBody {
     pub k: Option<usize>,
     #[schema(value_type = Option<FilterDoc>)]
     pub filter: Option<Value>,
-    /// Drop results scoring below this cosine.
+    /// Drop results scoring below this cosine (a finite number).
     pub min_score: Option<f32>,
     /// Results to skip (paging through results), at most 10000.
     #[schema(maximum = 10000)]
@@ -74,8 +74,8 @@ pub struct SearchBody {
     /// Scan every vector (exact) instead of walking the HNSW graph.
     #[serde(default)]
     pub exact: bool,
-    /// Candidate list width of the graph search (recall against speed).
-    #[schema(minimum = 1)]
+    /// Candidate list width of the graph search (recall against speed), 1..=4096.
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef_search: Option<usize>,
 }
 
@@ -101,7 +101,7 @@ pub struct SearchForm {
     #[schema(maximum = 10000)]
     pub offset: Option<usize>,
     pub exact: Option<bool>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef_search: Option<usize>,
 }
 
@@ -229,6 +229,8 @@ async fn read_request(state: &AppState, form: &mut Multipart) -> ApiResult<Searc
     let mut file: Option<Media> = None;
     let mut text: Option<String> = None;
     let mut modality: Option<Modality> = None;
+    let (mut k, mut offset, mut exact): (Option<usize>, Option<usize>, Option<bool>) =
+        (None, None, None);
     let mut req = SearchRequest {
         terms: Vec::new(),
         k: DEFAULT_K,
@@ -238,6 +240,8 @@ async fn read_request(state: &AppState, form: &mut Multipart) -> ApiResult<Searc
         exact: false,
         ef_search: None,
     };
+    // Every field but the query may appear once, as every key of a JSON body; the engine then
+    // checks the values the same way for both (a `min_score` of `nan` is refused there).
     while let Some((name, value)) = next_field(form, state).await? {
         let bytes = value.bytes();
         match name.as_str() {
@@ -248,16 +252,31 @@ async fn read_request(state: &AppState, form: &mut Multipart) -> ApiResult<Searc
             }
             "file" => file = Some(value.into_media()),
             "text" => text = Some(text_field("text", bytes)?),
-            "modality" => modality = Some(parsed_field("modality", bytes)?),
-            "k" => req.k = parsed_field("k", bytes)?,
-            "offset" => req.offset = parsed_field("offset", bytes)?,
-            "min_score" => req.min_score = Some(parsed_field("min_score", bytes)?),
-            "exact" => req.exact = parsed_field("exact", bytes)?,
-            "ef_search" => req.ef_search = Some(parsed_field("ef_search", bytes)?),
-            "filter" => req.filter = Some(parse_filter(json_field("filter", bytes)?)?),
+            "modality" => set_once(&mut modality, "modality", parsed_field("modality", bytes)?)?,
+            "k" => set_once(&mut k, "k", parsed_field("k", bytes)?)?,
+            "offset" => set_once(&mut offset, "offset", parsed_field("offset", bytes)?)?,
+            "min_score" => set_once(
+                &mut req.min_score,
+                "min_score",
+                parsed_field("min_score", bytes)?,
+            )?,
+            "exact" => set_once(&mut exact, "exact", parsed_field("exact", bytes)?)?,
+            "ef_search" => set_once(
+                &mut req.ef_search,
+                "ef_search",
+                parsed_field("ef_search", bytes)?,
+            )?,
+            "filter" => set_once(
+                &mut req.filter,
+                "filter",
+                parse_filter(json_field("filter", bytes)?)?,
+            )?,
             other => return Err(unknown_field(other, KNOWN)),
         }
     }
+    req.k = k.unwrap_or(DEFAULT_K);
+    req.offset = offset.unwrap_or(0);
+    req.exact = exact.unwrap_or(false);
     let term = match (file, text) {
         (Some(bytes), None) => QueryTerm::File { bytes, modality },
         (None, Some(t)) if modality.is_none() => QueryTerm::Text(t),

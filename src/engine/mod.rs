@@ -5,6 +5,7 @@
 //! layer turns [`EngineError`] into HTTP answers in one place.
 
 pub mod filter;
+pub mod metadata;
 pub mod types;
 
 use std::borrow::Cow;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::config::{IndexSettings, Settings};
+use crate::config::{IndexSettings, MetadataSettings, Settings};
 use crate::embed::registry::Registry;
 use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
@@ -55,6 +56,9 @@ pub enum EngineError {
     Invalid { code: &'static str, message: String },
     #[error("{0}")]
     UnsupportedMedia(String),
+    /// A limit on the size of what a request asks the server to keep (metadata).
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Overloaded(#[from] QueueFull),
     #[error("storage error: {0}")]
@@ -88,6 +92,7 @@ impl EngineError {
             EngineError::Conflict(_) => "conflict",
             EngineError::Invalid { code, .. } => code,
             EngineError::UnsupportedMedia(_) => "unsupported_media_type",
+            EngineError::TooLarge(_) => "payload_too_large",
             EngineError::Overloaded(_) => "overloaded",
             EngineError::Store(_) => "storage_error",
             EngineError::Index(_) => "index_error",
@@ -183,6 +188,7 @@ pub struct Engine {
     collections: RwLock<HashMap<String, Arc<Collection>>>,
     index_root: PathBuf,
     index_defaults: IndexSettings,
+    metadata_limits: MetadataSettings,
     queue: EmbedQueue,
     /// Where uploaded files are received (`<data_dir>/spool`).
     spool: Spool,
@@ -220,6 +226,7 @@ impl Engine {
             collections: RwLock::new(HashMap::new()),
             index_root: data_dir.join("index"),
             index_defaults: settings.index.clone(),
+            metadata_limits: settings.metadata,
             queue: EmbedQueue::new(settings.embed.queue_capacity, settings.embed.workers),
             spool,
             stats: EngineStats::default(),
@@ -392,6 +399,11 @@ impl Engine {
         &self.queue
     }
 
+    /// The limits on items' metadata (`[metadata]` of the configuration).
+    pub fn metadata_limits(&self) -> &MetadataSettings {
+        &self.metadata_limits
+    }
+
     /// Items in all indexes.
     pub fn indexed_items(&self) -> usize {
         self.collections
@@ -415,16 +427,25 @@ impl Engine {
             ef_construction: None,
             ef_search: None,
         });
-        let params = IndexParams {
-            m: h.m.unwrap_or(self.index_defaults.m) as u32,
-            ef_construction: h
-                .ef_construction
-                .unwrap_or(self.index_defaults.ef_construction) as u32,
-            ef_search: h.ef_search.unwrap_or(self.index_defaults.ef_search) as u32,
+        let (m, ef_construction, ef_search) = (
+            h.m.unwrap_or(self.index_defaults.m),
+            h.ef_construction
+                .unwrap_or(self.index_defaults.ef_construction),
+            h.ef_search.unwrap_or(self.index_defaults.ef_search),
+        );
+        // Checked as given, before narrowing to the store's 32-bit fields: a value above 2^32
+        // must be refused, not wrapped into range.
+        let invalid = |e: IndexError| EngineError::invalid("invalid_request", e.to_string());
+        index::validate_hnsw_params(m, ef_construction, ef_search).map_err(invalid)?;
+        let narrow = |v: usize| {
+            u32::try_from(v).map_err(|_| EngineError::invalid("invalid_request", "out of range"))
         };
-        self.index_config(&params)
-            .validate()
-            .map_err(|e| EngineError::invalid("invalid_request", e.to_string()))?;
+        let params = IndexParams {
+            m: narrow(m)?,
+            ef_construction: narrow(ef_construction)?,
+            ef_search: narrow(ef_search)?,
+        };
+        self.index_config(&params).validate().map_err(invalid)?;
         let record = self.store.create_collection(NewCollection {
             name: req.name.clone(),
             model: req.model.clone(),
@@ -637,6 +658,7 @@ impl Engine {
         let mut prepared = Vec::with_capacity(items.len());
         let mut to_embed = Vec::new();
         let mut embed_slots = Vec::new();
+        let mut budget = metadata::RequestBudget::new(&self.metadata_limits);
         for (i, item) in items.into_iter().enumerate() {
             let metadata = match item.metadata {
                 serde_json::Value::Null => serde_json::Value::Object(Default::default()),
@@ -648,29 +670,14 @@ impl Engine {
                     ))
                 }
             };
+            // Before anything is embedded or stored: metadata is kept in memory for filters.
+            metadata::check_item(&metadata, &self.metadata_limits, "metadata")
+                .and_then(|n| budget.charge(n))
+                .map_err(|e| prefix_item(e, i))?;
             let p = match item.content {
                 Content::Vector(v) => {
-                    if v.len() != dim {
-                        return Err(prefix_item(
-                            EngineError::invalid(
-                                "wrong_dimension",
-                                format!(
-                                    "vector has dimension {}, the collection expects {dim}",
-                                    v.len()
-                                ),
-                            ),
-                            i,
-                        ));
-                    }
-                    if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
-                        return Err(prefix_item(
-                            EngineError::invalid(
-                                "non_finite_vector",
-                                format!("vector component {pos} is not finite"),
-                            ),
-                            i,
-                        ));
-                    }
+                    // The same check as a query vector's: what is stored can be searched.
+                    unit_vector(dim, &v, "vector").map_err(|e| prefix_item(e, i))?;
                     // A vector item has no content of its own; its modality is "vector".
                     Prepared {
                         id: item.id,
@@ -792,10 +799,17 @@ impl Engine {
         let store = self.store.clone();
         let cname = name.to_string();
         let coll2 = coll.clone();
+        // The collection was looked up before embedding; the store writes only if it is still
+        // that one, not another created under its name since (checked inside the store's
+        // write, so nothing is stored into a collection this index does not serve).
+        let opts = PutOptions {
+            incarnation: Some(coll.record.incarnation),
+            ..PutOptions::default()
+        };
         // Store commit (flushed) and index update run on a blocking thread, never on the async
         // workers: both are disk- or CPU-bound.
         let statuses = tokio::task::spawn_blocking(move || -> Result<Vec<ItemStatus>> {
-            let report = store.put_items(&cname, new_items, PutOptions::default())?;
+            let report = store.put_items(&cname, new_items, opts)?;
             drop(spooled);
             let mut statuses = Vec::with_capacity(report.outcomes.len());
             let mut fresh: Vec<(u64, &[f32])> = Vec::new();
@@ -888,8 +902,11 @@ impl Engine {
     }
 
     pub async fn delete_item(&self, name: &str, id: &str) -> Result<()> {
-        let coll = self.collection(name)?;
+        self.collection(name)?;
         let _w = self.write_lock.lock().await;
+        // Looked up under the write lock, which deleting a collection also takes: the index
+        // updated below is the one of the collection the store deletes from.
+        let coll = self.collection(name)?;
         let store = self.store.clone();
         let (n, i) = (name.to_string(), id.to_string());
         let record = tokio::task::spawn_blocking(move || store.delete_item(&n, &i))
@@ -903,31 +920,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Embeds one query term.
+    /// Embeds one query term, as a unit vector.
     async fn term_vector(&self, coll: &Collection, term: QueryTerm) -> Result<Vec<f32>> {
         let dim = coll.record.dim as usize;
         match term {
-            QueryTerm::Vector(v) => {
-                if v.len() != dim {
-                    return Err(EngineError::invalid(
-                        "wrong_dimension",
-                        format!(
-                            "query vector has dimension {}, the collection expects {dim}",
-                            v.len()
-                        ),
-                    ));
-                }
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(EngineError::invalid(
-                        "non_finite_vector",
-                        "query vector has NaN or infinite values",
-                    ));
-                }
-                Ok(v)
-            }
+            QueryTerm::Vector(v) => unit_vector(dim, &v, "query vector"),
             QueryTerm::Item(id) => {
                 let item = self.store.get_item(&coll.record.name, &id)?;
-                Ok(self.store.get_vector(&coll.record.name, item.seq)?)
+                let v = self.store.get_vector(&coll.record.name, item.seq)?;
+                unit_vector(dim, &v, "stored vector")
             }
             QueryTerm::Text(t) => {
                 if !coll.encoder.modalities().contains(&Modality::Text) {
@@ -936,17 +937,19 @@ impl Engine {
                         "this collection's model does not accept text",
                     ));
                 }
-                Ok(self
+                let v = self
                     .embed_inputs(coll.encoder.clone(), vec![Input::Text(t)], None)
                     .await?
-                    .remove(0))
+                    .remove(0);
+                unit_vector(dim, &v, "embedding")
             }
             QueryTerm::File { bytes, modality } => {
                 let (input, _) = Self::file_input(&*coll.encoder, bytes, modality)?;
-                Ok(self
+                let v = self
                     .embed_inputs(coll.encoder.clone(), vec![input], None)
                     .await?
-                    .remove(0))
+                    .remove(0);
+                unit_vector(dim, &v, "embedding")
             }
         }
     }
@@ -972,6 +975,16 @@ impl Engine {
                 format!("offset must be at most {MAX_OFFSET}"),
             ));
         }
+        if req.min_score.is_some_and(|m| !m.is_finite()) {
+            return Err(EngineError::invalid(
+                "invalid_request",
+                "min_score must be a finite number",
+            ));
+        }
+        if let Some(ef) = req.ef_search {
+            index::validate_ef_search(ef)
+                .map_err(|e| EngineError::invalid("invalid_request", e.to_string()))?;
+        }
         let matcher = match &req.filter {
             Some(f) => {
                 Some(Matcher::new(f).map_err(|m| EngineError::invalid("invalid_filter", m))?)
@@ -979,8 +992,10 @@ impl Engine {
             None => None,
         };
         let t = Instant::now();
-        let dim = coll.record.dim as usize;
-        let mut q = vec![0f32; dim];
+        // Summed and normalised in f64: large weights cannot overflow, and terms that cancel
+        // out are told from a small but usable sum relative to the weights.
+        let mut sum = vec![0f64; coll.record.dim as usize];
+        let mut total_weight = 0f64;
         for (term, weight) in req.terms {
             if !weight.is_finite() {
                 return Err(EngineError::invalid(
@@ -988,18 +1003,21 @@ impl Engine {
                     "weights must be finite",
                 ));
             }
-            let mut v = self.term_vector(&coll, term).await?;
-            crate::embed::l2_normalize(&mut v);
-            q.iter_mut().zip(&v).for_each(|(a, b)| *a += weight * b);
+            let v = self.term_vector(&coll, term).await?;
+            let w = f64::from(weight);
+            total_weight += w.abs();
+            sum.iter_mut()
+                .zip(&v)
+                .for_each(|(a, b)| *a += w * f64::from(*b));
         }
-        let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm < 1e-6 {
+        let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm.is_nan() || norm <= 1e-6 * total_weight {
             return Err(EngineError::invalid(
                 "invalid_query",
                 "the weighted query terms cancel out (zero vector)",
             ));
         }
-        q.iter_mut().for_each(|x| *x /= norm);
+        let q: Vec<f32> = sum.iter().map(|x| (x / norm) as f32).collect();
         let params = SearchParams {
             ef_search: req.ef_search,
             exact: req.exact,
@@ -1173,12 +1191,40 @@ fn view_of(r: ItemRecord) -> ItemView {
     }
 }
 
+/// The one check of a vector from a client, for storing and for searching alike: the
+/// collection's dimension, finite components, and a norm that normalises to a unit vector
+/// (computed in f64, so components near `f32::MAX` or subnormal ones work; only a zero vector
+/// is refused). Returns the unit vector. `what` names the vector in messages.
+pub fn unit_vector(dim: usize, v: &[f32], what: &str) -> Result<Vec<f32>> {
+    if v.len() != dim {
+        return Err(EngineError::invalid(
+            "wrong_dimension",
+            format!(
+                "{what} has dimension {}, the collection expects {dim}",
+                v.len()
+            ),
+        ));
+    }
+    index::normalised(dim, v).map_err(|e| match e {
+        IndexError::NonFinite { position, .. } => EngineError::invalid(
+            "non_finite_vector",
+            format!("{what}: component {position} is NaN or infinite"),
+        ),
+        IndexError::ZeroVector => EngineError::invalid(
+            "zero_vector",
+            format!("{what} is all zeros: it has no direction to compare by cosine"),
+        ),
+        other => EngineError::from(other),
+    })
+}
+
 fn prefix_item(e: EngineError, i: usize) -> EngineError {
     match e {
         EngineError::Invalid { code, message } => EngineError::Invalid {
             code,
             message: format!("item {i}: {message}"),
         },
+        EngineError::TooLarge(m) => EngineError::TooLarge(format!("item {i}: {m}")),
         EngineError::UnsupportedMedia(m) => EngineError::UnsupportedMedia(format!("item {i}: {m}")),
         other => other,
     }

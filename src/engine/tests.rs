@@ -351,3 +351,238 @@ async fn auto_tags_store_the_top_labels_and_are_filterable() {
     q.filter = Some(serde_json::from_value(json!({"metadata": {"tags": absent}})).unwrap());
     assert!(e.search("t", q).await.unwrap().is_empty());
 }
+
+/// Waits (bounded) until the encoder queue holds `n` jobs.
+async fn queue_depth_reaches(e: &Engine, n: usize) {
+    for _ in 0..1000 {
+        if e.queue().depth() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the encoder queue never held {n} jobs");
+}
+
+fn new_c() -> CreateCollection {
+    CreateCollection {
+        name: "c".into(),
+        model: "tiny".into(),
+        hnsw: None,
+        auto_tags: vec![],
+    }
+}
+
+/// An upload looks its collection up, embeds, then commits. A collection deleted and created
+/// again under the same name in between must not receive the items: they would be stored in
+/// the new collection while only the old one's index (gone) learnt of them, acknowledged yet
+/// never searchable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_racing_a_recreated_collection_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Arc::new(filled(tmp.path()).await);
+    // Hold the encoder's only worker, so the upload waits between its lookup and its commit.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let e = e.clone();
+        tokio::spawn(async move { e.queue().run(move || held.recv()).await })
+    };
+    queue_depth_reaches(&e, 1).await;
+    let upload = {
+        let e = e.clone();
+        tokio::spawn(async move {
+            e.add_items(
+                "c",
+                vec![text("a red fox", json!({})), text("blue sky", json!({}))],
+            )
+            .await
+        })
+    };
+    queue_depth_reaches(&e, 2).await;
+    e.delete_collection("c").await.unwrap();
+    e.create_collection(new_c()).unwrap();
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap().unwrap();
+    let err = upload.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), "collection_not_found", "{err}");
+    let info = e.get_collection("c").unwrap();
+    assert_eq!((info.total, info.index.len), (0, 0));
+    // The new collection takes the same upload, and finds what it stored.
+    e.add_items("c", vec![text("a red fox", json!({}))])
+        .await
+        .unwrap();
+    let info = e.get_collection("c").unwrap();
+    assert_eq!((info.total, info.index.len), (1, 1));
+    assert_eq!(e.search("c", query("a red fox", 1)).await.unwrap().len(), 1);
+}
+
+/// Metadata is held in memory for filters: each item's, and an upload's in total, are bounded
+/// before anything is embedded or stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_over_its_limits_is_refused_before_anything_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    let limits = *e.metadata_limits();
+    assert_eq!(
+        (
+            limits.max_item_bytes,
+            limits.max_request_bytes,
+            limits.max_depth
+        ),
+        (65_536, 4_194_304, 32)
+    );
+    let code = |r: Result<Vec<ItemStatus>>| r.unwrap_err();
+    // One item: a 70 KB string, or a 1,000,000-element array (2 MB of JSON).
+    let err = code(
+        e.add_items(
+            "c",
+            vec![
+                text("fine", json!({})),
+                text("big", json!({"s": "x".repeat(70_000)})),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(err.code(), "payload_too_large");
+    assert!(
+        err.to_string().starts_with("item 1: metadata is over"),
+        "{err}"
+    );
+    let err = code(
+        e.add_items("c", vec![text("array", json!({"a": vec![0u8; 1_000_000]}))])
+            .await,
+    );
+    assert_eq!(err.code(), "payload_too_large");
+    // Many items, each under the per-item limit, over the request's total.
+    let items = (0..70)
+        .map(|i| text(&format!("t{i}"), json!({"s": "x".repeat(60_000)})))
+        .collect();
+    let err = code(e.add_items("c", items).await);
+    assert_eq!(err.code(), "payload_too_large");
+    assert!(err.to_string().contains("per request"), "{err}");
+    // Nesting deeper than the limit.
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    let err = code(
+        e.add_items("c", vec![text("deep", json!({ "d": deep }))])
+            .await,
+    );
+    assert_eq!(err.code(), "invalid_metadata");
+    assert_eq!(e.get_collection("c").unwrap().total, 6);
+    // At the limits, accepted.
+    let mut ok = json!(1);
+    for _ in 0..31 {
+        ok = json!([ok]);
+    }
+    let st = e
+        .add_items(
+            "c",
+            vec![text("nested", json!({ "d": ok, "s": "y".repeat(60_000) }))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(st[0].status, "created");
+}
+
+/// A vector is checked by one rule whether it is stored or searched with: what an upload
+/// accepts can be searched, and what a search refuses an upload refuses too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_and_query_vectors_pass_the_same_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = filled(tmp.path()).await;
+    let dim = e.get_collection("c").unwrap().dim;
+    let vec_item = |id: &str, v: Vec<f32>| NewInput {
+        id: Some(id.into()),
+        content: Content::Vector(v),
+        metadata: json!({}),
+    };
+    // Components whose squares overflow f32, and subnormal ones whose squares underflow it.
+    let mut huge = vec![1e38f32; dim];
+    huge[0] = -1e38;
+    let mut tiny = vec![1e-45f32; dim];
+    tiny[1] = -1e-45;
+    tiny[2] = 3e-45;
+    for (id, v) in [("huge", huge), ("tiny", tiny)] {
+        e.add_items("c", vec![vec_item(id, v.clone())])
+            .await
+            .unwrap();
+        let mut q = query("", 1);
+        q.terms = vec![(QueryTerm::Vector(v), 1.0)];
+        q.exact = true;
+        let hits = e.search("c", q).await.unwrap();
+        assert_eq!(hits[0].id, id);
+        assert!(hits[0].score > 0.999, "{id}: {}", hits[0].score);
+        // A large weight does not overflow the query either.
+        let mut q = query("", 1);
+        q.terms = vec![(QueryTerm::Item(id.into()), 1e38)];
+        assert_eq!(e.search("c", q).await.unwrap()[0].id, id);
+    }
+    // A zero vector can be neither: refused at upload with the search's code, nothing stored.
+    let total = e.get_collection("c").unwrap().total;
+    let err = e
+        .add_items("c", vec![vec_item("zero", vec![0.0; dim])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "zero_vector", "{err}");
+    assert_eq!(e.get_collection("c").unwrap().total, total);
+    let mut q = query("", 1);
+    q.terms = vec![(QueryTerm::Vector(vec![0.0; dim]), 1.0)];
+    assert_eq!(e.search("c", q).await.unwrap_err().code(), "zero_vector");
+}
+
+/// HNSW settings are checked as given: a value above 2^32 is refused, not wrapped into range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_settings_out_of_range_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    let with = |m, ef_construction, ef_search| CreateCollection {
+        hnsw: Some(HnswParams {
+            m,
+            ef_construction,
+            ef_search,
+        }),
+        ..new_c()
+    };
+    let big = 1usize << 32;
+    for req in [
+        with(Some(big + 16), None, None),
+        with(None, Some(big + 200), None),
+        with(None, None, Some(big + 64)),
+        with(None, Some(crate::index::MAX_EF + 1), None),
+        with(None, None, Some(0)),
+    ] {
+        let err = e.create_collection(req.clone()).unwrap_err();
+        assert_eq!(err.code(), "invalid_request", "{req:?}: {err}");
+    }
+    assert!(e.list_collections().unwrap().is_empty());
+    let info = e
+        .create_collection(with(Some(32), Some(4096), Some(4096)))
+        .unwrap();
+    assert_eq!(
+        (
+            info.index.m,
+            info.index.ef_construction,
+            info.index.ef_search
+        ),
+        (32, 4096, 4096)
+    );
+    // Per search too, and min_score must be a number.
+    e.add_items("c", vec![text("a dog", json!({}))])
+        .await
+        .unwrap();
+    let mut q = query("a dog", 1);
+    q.ef_search = Some(big + 1);
+    assert_eq!(
+        e.search("c", q).await.unwrap_err().code(),
+        "invalid_request"
+    );
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut q = query("a dog", 1);
+        q.min_score = Some(bad);
+        assert_eq!(
+            e.search("c", q).await.unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+}

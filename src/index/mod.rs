@@ -36,6 +36,7 @@ mod tests;
 pub use flat::FlatIndex;
 pub use hnsw::BATCH_CHUNK;
 pub(crate) use hnsw::{HnswIndex, HnswRsIndex};
+pub use vector::normalised;
 
 /// Result of index operations.
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -119,23 +120,43 @@ impl Default for IndexConfig {
     }
 }
 
+/// Largest HNSW candidate-list width (`ef_construction`, `ef_search`, default or per query).
+/// Recall stops improving long before it (1000 is already generous), and it keeps every
+/// value representable in the store's 32-bit fields.
+pub const MAX_EF: usize = 4096;
+
+/// Checks the HNSW parameters a collection may set: `m` in 2..=255, `ef_construction` above
+/// `2 * m` and at most [`MAX_EF`], `ef_search` in 1..=[`MAX_EF`]. Values are checked as given,
+/// before any narrowing to the store's 32-bit fields.
+pub fn validate_hnsw_params(m: usize, ef_construction: usize, ef_search: usize) -> Result<()> {
+    let invalid = |reason: String| Err(IndexError::InvalidConfig(reason));
+    if !(2..=255).contains(&m) {
+        return invalid(format!("m must be in 2..=255, got {m}"));
+    }
+    if ef_construction <= 2 * m || ef_construction > MAX_EF {
+        return invalid(format!(
+            "ef_construction must exceed 2 * m = {} and be at most {MAX_EF}, got {ef_construction}",
+            2 * m
+        ));
+    }
+    validate_ef_search(ef_search)
+}
+
+/// Checks a candidate-list width for searches: 1..=[`MAX_EF`].
+pub fn validate_ef_search(ef_search: usize) -> Result<()> {
+    if !(1..=MAX_EF).contains(&ef_search) {
+        return Err(IndexError::InvalidConfig(format!(
+            "ef_search must be in 1..={MAX_EF}, got {ef_search}"
+        )));
+    }
+    Ok(())
+}
+
 impl IndexConfig {
     /// Checks the ranges of every field.
     pub fn validate(&self) -> Result<()> {
         let invalid = |reason: String| Err(IndexError::InvalidConfig(reason));
-        if !(2..=255).contains(&self.m) {
-            return invalid(format!("m must be in 2..=255, got {}", self.m));
-        }
-        if self.ef_construction <= 2 * self.m {
-            return invalid(format!(
-                "ef_construction must exceed 2 * m = {}, got {}",
-                2 * self.m,
-                self.ef_construction
-            ));
-        }
-        if self.ef_search == 0 {
-            return invalid("ef_search must be at least 1".into());
-        }
+        validate_hnsw_params(self.m, self.ef_construction, self.ef_search)?;
         if !(self.rebuild_ratio > 0.0 && self.rebuild_ratio <= 1.0) {
             return invalid(format!(
                 "rebuild_ratio must be in (0, 1], got {}",

@@ -13,7 +13,7 @@ use super::{Hit, IndexError, Result};
 ///
 /// The norm is accumulated in `f64`, so vectors whose squared norm would overflow or underflow
 /// in `f32` (components near `f32::MAX` or subnormal) still normalise correctly.
-pub(crate) fn normalised(dim: usize, vector: &[f32]) -> Result<Vec<f32>> {
+pub fn normalised(dim: usize, vector: &[f32]) -> Result<Vec<f32>> {
     if vector.len() != dim {
         return Err(IndexError::DimensionMismatch {
             expected: dim,

@@ -8,7 +8,7 @@ use super::error::{Result, StoreError};
 
 /// Longest collection name, in bytes (names are ASCII).
 pub const MAX_COLLECTION_NAME_LEN: usize = 64;
-/// Longest item id, in characters.
+/// Longest item id, in bytes of UTF-8.
 pub const MAX_ITEM_ID_LEN: usize = 128;
 /// Longest modality name, in bytes (ASCII).
 pub const MAX_MODALITY_LEN: usize = 32;
@@ -71,6 +71,14 @@ pub struct CollectionRecord {
     /// same name. The index layer saves it next to an index dump and compares it at start-up
     /// to know whether the dump is stale.
     pub generation: u64,
+    /// Changes whenever a collection of this name is created anew: the clock value of its
+    /// creation, so a collection deleted and created again under the same name never shares
+    /// it. Writers that looked the collection up earlier pass it in
+    /// [`PutOptions::incarnation`] to be sure they still write to the same one. 0 for
+    /// collections created before the field existed (any later creation takes a clock value,
+    /// which is at least 1).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Bytes of an item's text kept in its record. Records are read whole (listing, start-up), so a
@@ -214,6 +222,12 @@ pub struct PutOptions {
     /// (or earlier in the same batch) is not stored and is reported as a duplicate of the
     /// existing item. When false, the item is stored and shares the content file.
     pub dedupe: bool,
+    /// When set, the put fails with [`StoreError::CollectionNotFound`], writing nothing, unless
+    /// the collection's [`CollectionRecord::incarnation`] is this value. It is compared under
+    /// the store's write lock, so a caller that looked the collection up before a long
+    /// preparation (embedding) cannot write into a collection deleted and created again under
+    /// the same name meanwhile.
+    pub incarnation: Option<u64>,
 }
 
 impl Default for PutOptions {
@@ -221,6 +235,7 @@ impl Default for PutOptions {
         PutOptions {
             on_existing_id: OnExistingId::Error,
             dedupe: true,
+            incarnation: None,
         }
     }
 }
@@ -306,14 +321,40 @@ pub(crate) fn validate_collection_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the id of a new item: 1-[`MAX_ITEM_ID_LEN`] bytes of UTF-8, no control characters
+/// or '/', and not `.` or `..`, which clients resolve as path segments in the item's URLs
+/// (`/items/./content` is `/items/content`, another item).
+pub(crate) fn validate_new_item_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
+        return Err(StoreError::invalid(
+            "item id",
+            format!("must be 1-{MAX_ITEM_ID_LEN} bytes long (UTF-8)"),
+        ));
+    }
+    if id == "." || id == ".." {
+        return Err(StoreError::invalid(
+            "item id",
+            "`.` and `..` are not allowed (URLs resolve them as path segments)",
+        ));
+    }
+    validate_id_chars(id)
+}
+
+/// Checks an id used to find a stored item. Looser than [`validate_new_item_id`] (up to
+/// [`MAX_ITEM_ID_LEN`] characters, `.` and `..` allowed, as earlier versions stored them) so
+/// that items stored before the stricter rule can still be read and deleted.
 pub(crate) fn validate_item_id(id: &str) -> Result<()> {
     let chars = id.chars().count();
     if chars == 0 || chars > MAX_ITEM_ID_LEN {
         return Err(StoreError::invalid(
             "item id",
-            format!("must be 1-{MAX_ITEM_ID_LEN} characters long"),
+            format!("must be 1-{MAX_ITEM_ID_LEN} bytes long (UTF-8)"),
         ));
     }
+    validate_id_chars(id)
+}
+
+fn validate_id_chars(id: &str) -> Result<()> {
     if id.chars().any(|c| c.is_control() || c == '/') {
         return Err(StoreError::invalid(
             "item id",
@@ -378,7 +419,7 @@ pub(crate) fn validate_new_collection(c: &NewCollection) -> Result<()> {
 /// Checks everything about one new item that does not depend on stored state.
 pub(crate) fn validate_new_item(coll: &CollectionRecord, item: &NewItem) -> Result<()> {
     if let Some(id) = &item.id {
-        validate_item_id(id)?;
+        validate_new_item_id(id)?;
     }
     validate_modality(&item.modality)?;
     if let Some(ct) = &item.content_type {

@@ -448,6 +448,8 @@ impl Store for SledStore {
             }
         }
         let mut b = Batches::default();
+        // The creation's clock value is both the first generation and the incarnation.
+        let clock = self.tick(&mut b)?;
         let record = CollectionRecord {
             name: new.name,
             model: new.model,
@@ -456,7 +458,8 @@ impl Store for SledStore {
             auto_tags: new.auto_tags,
             created_at: now_ms(),
             next_seq: 0,
-            generation: self.tick(&mut b)?,
+            generation: clock,
+            incarnation: clock,
         };
         b.collections
             .insert(record.name.as_bytes(), encode_json(&record));
@@ -514,6 +517,10 @@ impl Store for SledStore {
             .collect::<Result<_>>()?;
         let guard = self.lock();
         let mut coll = self.load_collection(collection)?;
+        if opts.incarnation.is_some_and(|i| i != coll.incarnation) {
+            // The collection the caller looked up was deleted; this is another of its name.
+            return Err(StoreError::CollectionNotFound(collection.to_owned()));
+        }
         // Validate everything before writing anything: a bad item fails the whole batch.
         let mut taken: HashSet<String> = HashSet::new();
         for (i, item) in items.iter().enumerate() {

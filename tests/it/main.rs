@@ -5,6 +5,7 @@ mod auth;
 mod clip;
 mod common;
 mod crash;
+mod data;
 mod default_model;
 mod imagebind;
 mod imagebind_audio_formats;

@@ -22,6 +22,7 @@ fn replace() -> PutOptions {
     PutOptions {
         on_existing_id: OnExistingId::Replace,
         dedupe: true,
+        incarnation: None,
     }
 }
 
@@ -333,6 +334,11 @@ fn put_rejects_invalid_items() {
         ("item id", item(Some("a/b"), "text", None, 1)),
         ("item id", item(Some("a\nb"), "text", None, 1)),
         ("item id", item(Some(&"x".repeat(129)), "text", None, 1)),
+        // 65 two-byte characters: 130 bytes, over the limit of 128 bytes.
+        ("item id", item(Some(&"é".repeat(65)), "text", None, 1)),
+        // URLs resolve these as path segments: `/items/./content` is `/items/content`.
+        ("item id", item(Some("."), "text", None, 1)),
+        ("item id", item(Some(".."), "text", None, 1)),
         ("modality", item(None, "Text", None, 1)),
         ("modality", item(None, "", None, 1)),
         ("metadata", {
@@ -376,11 +382,108 @@ fn put_rejects_invalid_items() {
             e => panic!("{field}: {e}"),
         }
     }
-    // A 128-character id with non-ASCII characters is fine.
-    let id = "é".repeat(128);
+    // A 128-byte id of non-ASCII characters is fine, and so are dots inside an id.
+    let id = "é".repeat(64);
     put(&s, "c", vec![item(Some(&id), "text", None, 1)]);
     assert_eq!(s.get_item("c", &id).unwrap().id, id);
-    assert_eq!(s.generation("c").unwrap(), 2);
+    put(&s, "c", vec![item(Some("..."), "text", None, 2)]);
+    assert_eq!(s.generation("c").unwrap(), 3);
+    // Looking an id up stays as lenient as earlier versions were when they stored it (up to
+    // 128 characters, dots alone), so items stored then can still be read and deleted.
+    for old in ["é".repeat(128), ".".into()] {
+        assert!(
+            matches!(s.get_item("c", &old), Err(StoreError::ItemNotFound { .. })),
+            "{old}"
+        );
+    }
+}
+
+/// A writer that looked a collection up, then spent a while preparing (embedding), must not
+/// write into another collection of the same name created meanwhile.
+#[test]
+fn put_with_a_stale_incarnation_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let first = s.create_collection(new_collection("c")).unwrap();
+    assert_ne!(first.incarnation, 0);
+    assert_eq!(first.incarnation, first.generation);
+    let at = |incarnation| PutOptions {
+        incarnation: Some(incarnation),
+        ..PutOptions::default()
+    };
+    // The incarnation stays while the collection changes.
+    s.put_items(
+        "c",
+        vec![item(Some("a"), "text", None, 1)],
+        at(first.incarnation),
+    )
+    .unwrap();
+    assert_eq!(
+        s.get_collection("c").unwrap().incarnation,
+        first.incarnation
+    );
+
+    // Deleted and created again under the same name (and case-insensitively the same).
+    s.delete_collection("c").unwrap();
+    let second = s.create_collection(new_collection("c")).unwrap();
+    assert_ne!(second.incarnation, first.incarnation);
+    let generation = s.generation("c").unwrap();
+    let stale = s.put_items(
+        "c",
+        vec![item(Some("b"), "image", Some(b"bytes"), 2)],
+        at(first.incarnation),
+    );
+    assert!(
+        matches!(stale, Err(StoreError::CollectionNotFound(ref n)) if n == "c"),
+        "{stale:?}"
+    );
+    // Nothing written: no item, vector, counter, content file or new generation.
+    assert_eq!(s.list_items("c", 10, None).unwrap().items, vec![]);
+    assert_eq!(s.vectors("c").unwrap().count(), 0);
+    assert!(s.modality_counts("c").unwrap().is_empty());
+    assert_eq!(s.generation("c").unwrap(), generation);
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+
+    // The current incarnation writes; so does a put that names none.
+    s.put_items(
+        "c",
+        vec![item(Some("b"), "text", None, 2)],
+        at(second.incarnation),
+    )
+    .unwrap();
+    put(&s, "c", vec![item(Some("d"), "text", None, 3)]);
+    assert_eq!(s.modality_counts("c").unwrap()["text"], 2);
+    // A third creation after a delete is yet another incarnation, and survives a reopen.
+    s.delete_collection("c").unwrap();
+    let third = s.create_collection(new_collection("c")).unwrap();
+    assert!(third.incarnation > second.incarnation);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(
+        s.get_collection("c").unwrap().incarnation,
+        third.incarnation
+    );
+}
+
+/// Records written before collections had an incarnation read as incarnation 0.
+#[test]
+fn collection_records_without_an_incarnation_read_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let rec = s.create_collection(new_collection("c")).unwrap();
+    let mut old = serde_json::to_value(&rec).unwrap();
+    old.as_object_mut().unwrap().remove("incarnation");
+    s.t.collections
+        .insert(&b"c"[..], serde_json::to_vec(&old).unwrap())
+        .unwrap();
+    assert_eq!(s.get_collection("c").unwrap().incarnation, 0);
+    let at_zero = PutOptions {
+        incarnation: Some(0),
+        ..PutOptions::default()
+    };
+    s.put_items("c", vec![item(None, "text", None, 1)], at_zero)
+        .unwrap();
+    assert_eq!(s.get_collection("c").unwrap().incarnation, 0);
 }
 
 #[test]

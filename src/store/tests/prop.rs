@@ -234,6 +234,7 @@ proptest! {
                     let opts = PutOptions {
                         on_existing_id: if replace { OnExistingId::Replace } else { OnExistingId::Error },
                         dedupe,
+                        incarnation: None,
                     };
                     let got = s.put_items("c", batch, opts);
                     match m.put(&items, replace, dedupe) {
