@@ -5,19 +5,22 @@
 //! [`PERSIST_INTERVAL`] and at shutdown so that the next start loads instead of rebuilding.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tower::ServiceBuilder;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -240,6 +243,102 @@ async fn persist(engine: &Arc<Engine>) {
     }
 }
 
+/// What one connection may hold and for how long (`server.header_timeout_s`,
+/// `server.max_header_bytes`, `server.max_connections`).
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    max_connections: usize,
+}
+
+impl From<&crate::config::ServerSettings> for ConnLimits {
+    fn from(s: &crate::config::ServerSettings) -> Self {
+        ConnLimits {
+            header_timeout: Duration::from_secs(s.header_timeout_s.max(1)),
+            max_header_bytes: s.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
+            max_connections: s.max_connections.max(1),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting and waits
+/// for in-flight requests (idle connections are closed at once).
+///
+/// Each connection must send a request's line and headers within `header_timeout` of opening
+/// or of its previous answer (so an idle keep-alive connection is closed after it too), in at
+/// most `max_header_bytes` (beyond: `431`, and the connection is closed). At most
+/// `max_connections` are served at once; more wait in the listen backlog. Peer addresses reach
+/// the handlers as [`ConnectInfo`] (the rate limiter and the spool quotas key callers without
+/// an API key by them).
+async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app
+            .clone()
+            .map_request(move |mut req: axum::http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection closed with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Errors of `accept`: one connection's failure is skipped; anything else (such as running
+/// out of file descriptors) is logged and waited out for a second rather than retried in a
+/// busy loop.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "could not accept a connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// Serves `state` on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish and writes the index dumps.
 pub async fn run<F>(
@@ -278,16 +377,13 @@ where
         })
     });
     let ready = state.ready.clone();
-    // Peer addresses reach the handlers (the rate limiter keys callers without an API key by
-    // them).
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::Relaxed);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await;
+    let limits = ConnLimits::from(&state.settings.server);
+    let served = serve(listener, router(state.clone()), limits, async move {
+        shutdown.await;
+        ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await;
     stop.notify_one();
     if let Some(f) = forgetter {
         f.abort();
@@ -304,10 +400,14 @@ mod tests {
     use crate::config::Overrides;
     use crate::embed::registry::Registry;
     use axum::body::Body;
-    use tower::ServiceExt;
+    use std::net::SocketAddr;
 
     /// A server state without models (none are needed to test the middleware).
     fn state(dir: &std::path::Path) -> AppState {
+        state_with(dir, |_| {})
+    }
+
+    fn state_with(dir: &std::path::Path, edit: impl FnOnce(&mut Settings)) -> AppState {
         let mut settings = Settings::load(
             None,
             &Overrides {
@@ -318,6 +418,7 @@ mod tests {
         .unwrap();
         settings.models.clear();
         settings.server.request_timeout_s = 1;
+        edit(&mut settings);
         let engine = Engine::open(&settings, Registry::load(&[]).unwrap()).unwrap();
         AppState::new(Arc::new(engine), settings)
     }
@@ -400,6 +501,234 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("shutting down"));
+    }
+
+    #[tokio::test]
+    async fn metrics_labels_come_from_a_fixed_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()));
+        for i in 0..20 {
+            let method = format!("M{i}{}", "Q".repeat(1000));
+            let (s, _) = call(&app, &method, "/v1/models").await;
+            assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+            let (s, _) = call(&app, &method, &format!("/no/route/p{i}")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+            let (s, _) = call(&app, "GET", &format!("/v1/collections/raw{i}/items/x")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+        }
+        let req = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("QQQ") && !text.contains("raw1") && !text.contains("/p1"));
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("omnibind_http_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), 3, "{series:#?}");
+        for want in [
+            r#"{method="other",route="/v1/models",status="405"} 20"#,
+            r#"{method="other",route="unmatched",status="404"} 20"#,
+            r#"{method="GET",route="/v1/collections/{name}/items/{id}",status="404"} 20"#,
+        ] {
+            assert!(
+                series.iter().any(|l| l.ends_with(want)),
+                "{want}: {series:#?}"
+            );
+        }
+    }
+
+    /// A server on a free port with `edit` applied to its settings; it stops when the sender
+    /// is used or dropped.
+    async fn serving(
+        dir: &std::path::Path,
+        edit: impl FnOnce(&mut Settings),
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let state = state_with(dir, edit);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, state, async {
+            let _ = rx.await;
+        }));
+        (addr, tx, server)
+    }
+
+    /// Reads until the peer closes the connection (or resets it); the bytes read, or `None`
+    /// when it is still open after `wait`.
+    async fn read_until_closed(c: &mut tokio::net::TcpStream, wait: Duration) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _stop, _server) = serving(dir.path(), |s| s.server.header_timeout_s = 1).await;
+        let wait = Duration::from_secs(6);
+        // A partial request line, and complete request line with partial headers.
+        for partial in ["GET /heal", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "] {
+            let t = std::time::Instant::now();
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(partial.as_bytes()).await.unwrap();
+            assert!(
+                read_until_closed(&mut c, wait).await.is_some(),
+                "{partial:?} still open after {wait:?}"
+            );
+            assert!(t.elapsed() >= Duration::from_millis(900), "{partial:?}");
+        }
+        // Headers trickling in a byte at a time do not restart the clock.
+        let t = std::time::Instant::now();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if c.write_all(b"X").await.is_err() {
+                closed = true;
+                break;
+            }
+        }
+        closed = closed
+            || read_until_closed(&mut c, Duration::from_millis(100))
+                .await
+                .is_some();
+        assert!(closed, "a trickling header is cut off");
+        assert!(t.elapsed() < Duration::from_secs(4));
+        // A connection idle after an answer (keep-alive) is closed too, after the answer.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let t = std::time::Instant::now();
+        assert!(
+            read_until_closed(&mut c, wait).await.is_some(),
+            "an idle connection is still open after {wait:?}"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(900));
+    }
+
+    #[tokio::test]
+    async fn request_heads_over_the_limit_are_refused() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _stop, _server) =
+            serving(dir.path(), |s| s.server.max_header_bytes = 16 * 1024).await;
+        let head = |pad: usize| {
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+                "p".repeat(pad)
+            )
+        };
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(head(8 * 1024).as_bytes()).await.unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may close before reading it all.
+        let _ = c.write_all(head(100 * 1024).as_bytes()).await;
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_free_one() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _stop, _server) = serving(dir.path(), |s| s.server.max_connections = 2).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            held.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        third.write_all(get).await.unwrap();
+        assert_eq!(
+            read_until_closed(&mut third, Duration::from_millis(500)).await,
+            None,
+            "not served while two connections are open"
+        );
+        drop(held.pop());
+        let got = read_until_closed(&mut third, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_a_request_in_flight_finish() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, stop, server) = serving(dir.path(), |_| {}).await;
+        let body = br#"{"name":"c","model":"none"}"#;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/collections HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&body[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!server.is_finished(), "waits for the request in flight");
+        c.write_all(&body[5..]).await.unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 4"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

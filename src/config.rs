@@ -56,6 +56,17 @@ pub struct ServerSettings {
     pub upload_limit: usize,
     /// Seconds before a request is answered 408.
     pub request_timeout_s: u64,
+    /// Seconds a connection may take to send a request's line and headers, counted from when
+    /// it opens or from the end of its previous answer (so also the idle keep-alive time).
+    pub header_timeout_s: u64,
+    /// Most bytes of a request's line and headers (the connection's read buffer).
+    pub max_header_bytes: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Most bytes one client's uploads may hold in the upload spool at once.
+    pub spool_per_client: u64,
+    /// Most bytes all uploads may hold in the upload spool at once.
+    pub spool_total: u64,
     /// Origins allowed to call the API from a browser (CORS); empty: CORS off.
     #[serde(default)]
     pub cors_origins: Vec<String>,
@@ -74,6 +85,9 @@ fn default_burst() -> u32 {
 
 /// Largest `metadata.max_depth`: the JSON parser refuses documents nested deeper than 128.
 pub const MAX_METADATA_DEPTH: usize = 127;
+
+/// Smallest `server.max_header_bytes` (the HTTP/1 read buffer cannot be smaller).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Shortest API key accepted.
 pub const MIN_KEY_LEN: usize = 16;
@@ -320,6 +334,26 @@ impl Settings {
                 "metadata.max_depth must be in 1..={MAX_METADATA_DEPTH}"
             )));
         }
+        let server = &self.server;
+        if server.header_timeout_s == 0 {
+            return bad("server.header_timeout_s must be positive");
+        }
+        if server.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_header_bytes must be at least {MIN_HEADER_BYTES}"
+            )));
+        }
+        if server.max_connections == 0 {
+            return bad("server.max_connections must be at least 1");
+        }
+        if server.spool_per_client < server.upload_limit as u64
+            || server.spool_total < server.spool_per_client
+        {
+            return bad(
+                "server.spool_per_client must be at least server.upload_limit, and \
+                 server.spool_total at least server.spool_per_client",
+            );
+        }
         let rate = self.server.rate_limit_per_s;
         if !(0.0..=1e6).contains(&rate) || self.server.rate_limit_burst == 0 {
             return bad("server.rate_limit_per_s must be in 0..=1000000 and server.rate_limit_burst at least 1");
@@ -442,6 +476,29 @@ mod tests {
         let mut s = load_clean(&Overrides::default()).unwrap();
         edit(&mut s);
         s.validate()
+    }
+
+    #[test]
+    fn connection_and_spool_limits_are_checked() {
+        let err = |e: Result<(), ConfigError>| e.unwrap_err().to_string();
+        assert!(with(|_| {}).is_ok());
+        assert!(err(with(|s| s.server.header_timeout_s = 0)).contains("header_timeout_s"));
+        assert!(err(with(|s| s.server.max_header_bytes = 8191)).contains("8192"));
+        assert!(err(with(|s| s.server.max_connections = 0)).contains("max_connections"));
+        assert!(err(with(|s| s.server.spool_per_client = 1)).contains("spool_per_client"));
+        assert!(err(with(|s| {
+            s.server.spool_total = s.server.spool_per_client - 1;
+        }))
+        .contains("spool_total"));
+        let s = load_clean(&Overrides::default()).unwrap();
+        assert_eq!(
+            (s.server.header_timeout_s, s.server.max_header_bytes),
+            (30, 65_536)
+        );
+        assert_eq!(
+            (s.server.spool_per_client, s.server.spool_total),
+            (512 << 20, 4 << 30)
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `POST /v1/embed` and `POST /v1/classify`: a model's embedding of one input, and zero-shot
 //! classification against labels. Neither touches a collection.
 
-use axum::extract::{Multipart, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{
-    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Payload,
+    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Form,
+    Payload,
 };
 use super::{ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
@@ -90,7 +91,7 @@ pub struct ClassifyResponse {
 
 /// The fields both forms share.
 #[derive(Default)]
-struct Form {
+struct Fields {
     model: Option<String>,
     file: Option<Media>,
     text: Option<String>,
@@ -99,18 +100,14 @@ struct Form {
     template: Option<String>,
 }
 
-impl Form {
-    async fn read(state: &AppState, mut form: Multipart, known: &[&str]) -> ApiResult<Form> {
+impl Fields {
+    async fn read(state: &AppState, mut form: Form, known: &[&str]) -> ApiResult<Fields> {
         let result = Self::read_fields(state, &mut form, known).await;
         finish_form(&mut form, result).await
     }
 
-    async fn read_fields(
-        state: &AppState,
-        form: &mut Multipart,
-        known: &[&str],
-    ) -> ApiResult<Form> {
-        let mut f = Form::default();
+    async fn read_fields(state: &AppState, form: &mut Form, known: &[&str]) -> ApiResult<Fields> {
+        let mut f = Fields::default();
         while let Some((name, value)) = next_field(form, state).await? {
             let bytes = value.bytes();
             if !known.contains(&name.as_str()) {
@@ -196,7 +193,7 @@ pub async fn embed(
     let (model, term) = match payload {
         Payload::Json(b) => (b.model, QueryTerm::Text(b.text)),
         Payload::Multipart(form) => {
-            let mut f = Form::read(&state, form, &["model", "file", "text", "modality"]).await?;
+            let mut f = Fields::read(&state, form, &["model", "file", "text", "modality"]).await?;
             (f.model()?, f.term()?)
         }
     };
@@ -232,7 +229,7 @@ pub async fn classify(
     let (model, term, labels, template) = match payload {
         Payload::Json(b) => (b.model, QueryTerm::Text(b.text), b.labels, b.template),
         Payload::Multipart(form) => {
-            let mut f = Form::read(
+            let mut f = Fields::read(
                 &state,
                 form,
                 &["model", "file", "text", "modality", "labels", "template"],

@@ -71,6 +71,10 @@ impl ApiError {
                 "the request's content type is not accepted here",
             ),
             StatusCode::BAD_REQUEST => ("invalid_request", "the request is malformed"),
+            StatusCode::RANGE_NOT_SATISFIABLE => (
+                "range_not_satisfiable",
+                "the requested range lies outside the content",
+            ),
             StatusCode::TOO_MANY_REQUESTS => (
                 "rate_limited",
                 "too many requests; retry after the number of seconds in Retry-After",

@@ -11,8 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{ApiError, ApiResult};
+use super::ratelimit::Client;
 use crate::app::AppState;
 use crate::embed::Media;
+use crate::ingest::Written;
 
 /// A JSON request or response body. As an extractor it accepts any content type except
 /// multipart (clients that forget `Content-Type: application/json` still work) and reports
@@ -111,7 +113,23 @@ impl<T: Serialize> IntoResponse for Json<T> {
 /// (limited to `server.upload_limit`, set on the route).
 pub enum Payload<T> {
     Json(T),
-    Multipart(Multipart),
+    Multipart(Form),
+}
+
+/// A multipart form and the client that sends it (whose quota its spooled files count against).
+pub struct Form {
+    fields: Multipart,
+    /// The client ([`Client`]) as the spool's owner name.
+    owner: String,
+}
+
+impl Form {
+    pub fn new(fields: Multipart, client: &Client) -> Self {
+        Form {
+            fields,
+            owner: client.to_string(),
+        }
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Payload<T> {
@@ -123,9 +141,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Payload<T> {
             if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
                 return Err(too_large(limit));
             }
+            let client = Client::of(&state.keys, &req);
             return Multipart::from_request(req, state)
                 .await
-                .map(Payload::Multipart)
+                .map(|fields| Payload::Multipart(Form::new(fields, &client)))
                 .map_err(multipart_rejection);
         }
         let bytes = read_body(req, state.settings.server.body_limit).await?;
@@ -153,10 +172,10 @@ pub fn multipart_error(e: MultipartError) -> ApiError {
 /// Passes on the result of reading a form; on failure first reads and discards the rest of the
 /// body (within the route's limit), so that a client still sending gets the error answer
 /// rather than a reset connection. A body over the limit is not drained.
-pub async fn finish_form<T>(form: &mut Multipart, result: ApiResult<T>) -> ApiResult<T> {
+pub async fn finish_form<T>(form: &mut Form, result: ApiResult<T>) -> ApiResult<T> {
     if let Err(e) = &result {
         if e.status != StatusCode::PAYLOAD_TOO_LARGE {
-            while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(mut field)) = form.fields.next_field().await {
                 while let Ok(Some(_)) = field.chunk().await {}
             }
         }
@@ -197,14 +216,36 @@ fn field_too_large(name: &str, limit: usize) -> ApiError {
     )
 }
 
+/// `503 overloaded` for a file the spool's quota has no room for, with `Retry-After`: room
+/// comes back as the client's (or everyone's) uploads end.
+fn spool_full(owner_quota: bool) -> ApiError {
+    let whose = if owner_quota {
+        "this client's uploads in progress hold"
+    } else {
+        "uploads in progress hold"
+    };
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!("{whose} as much of the upload spool as allowed; retry after Retry-After seconds"),
+    );
+    e.retry_after = Some(SPOOL_RETRY_AFTER_S);
+    e
+}
+
+/// `Retry-After` of an upload refused because the spool's quota is used up.
+pub const SPOOL_RETRY_AFTER_S: u32 = 5;
+
 /// Reads the next field of a form. A `file` field is written to the upload spool piece by piece
-/// as it arrives (counting its bytes against `server.upload_limit`), so a large or slow upload
-/// holds disk, not memory; other fields are kept in memory up to `server.body_limit`.
+/// as it arrives (counting its bytes against `server.upload_limit` and the client's spool
+/// quota, `server.spool_per_client` and `server.spool_total`), so a large or slow upload holds
+/// disk, not memory; other fields are kept in memory up to `server.body_limit`.
 pub async fn next_field(
-    form: &mut Multipart,
+    form: &mut Form,
     state: &AppState,
 ) -> Result<Option<(String, FieldValue)>, ApiError> {
-    let Some(mut field): Option<Field<'_>> = form.next_field().await.map_err(multipart_error)?
+    let Some(mut field): Option<Field<'_>> =
+        form.fields.next_field().await.map_err(multipart_error)?
     else {
         return Ok(None);
     };
@@ -215,10 +256,13 @@ pub async fn next_field(
             tracing::error!(error = %e, "could not spool an uploaded file");
             ApiError::internal()
         };
-        let mut file = state.engine.spool().create().map_err(io_err)?;
+        let mut file = state.engine.spool().create(&form.owner).map_err(io_err)?;
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            if !file.write(&chunk, limit as u64).await.map_err(io_err)? {
-                return Err(field_too_large(&name, limit));
+            match file.write(&chunk, limit as u64).await.map_err(io_err)? {
+                Written::Done => {}
+                Written::OverFileLimit => return Err(field_too_large(&name, limit)),
+                Written::OverOwnerQuota => return Err(spool_full(true)),
+                Written::OverTotalQuota => return Err(spool_full(false)),
             }
         }
         return Ok(Some((

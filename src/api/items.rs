@@ -11,21 +11,24 @@
 //!   and the default modality applies to files that do not name their own. An `id` before
 //!   the first item is refused, since ids are unique.
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 use utoipa::ToSchema;
 
 use super::extract::{
-    finish_form, json_field, next_field, parsed_field, text_field, unknown_field, Payload,
+    finish_form, json_field, next_field, parsed_field, text_field, unknown_field, Form, Payload,
 };
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
 use crate::embed::Modality;
 use crate::engine::metadata::{check_item, RequestBudget};
-use crate::engine::{Content, ItemStatus, ItemView, NewInput, MAX_UPLOAD_ITEMS};
+use crate::engine::{Content, ItemContent, ItemStatus, ItemView, NewInput, MAX_UPLOAD_ITEMS};
 
 /// Default page size of item listings.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -208,12 +211,12 @@ fn object_field(name: &str, bytes: &[u8]) -> ApiResult<serde_json::Map<String, s
 }
 
 /// Reads a multipart upload following the field-order rule of this module.
-async fn items_from_form(state: &AppState, mut form: Multipart) -> ApiResult<Vec<NewInput>> {
+async fn items_from_form(state: &AppState, mut form: Form) -> ApiResult<Vec<NewInput>> {
     let result = read_items(state, &mut form).await;
     finish_form(&mut form, result).await
 }
 
-async fn read_items(state: &AppState, form: &mut Multipart) -> ApiResult<Vec<NewInput>> {
+async fn read_items(state: &AppState, form: &mut Form) -> ApiResult<Vec<NewInput>> {
     const KNOWN: &[&str] = &["file", "text", "metadata", "id", "modality"];
     // Metadata limits are checked as fields arrive, before the default metadata is copied
     // into any item: the defaults count once per item against the request's total, so a small
@@ -453,27 +456,126 @@ fn inline_type(content_type: &str) -> bool {
     ) || base.starts_with("audio/")
 }
 
-/// The original bytes of an item (a text item's text), with the type detected at upload.
+/// The request headers passed on to [`ServeFile`]: ranges and date preconditions.
+const FORWARDED: [header::HeaderName; 4] = [
+    header::RANGE,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`); weak tags compare weakly.
+fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
+    if_none_match.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag)
+    })
+}
+
+/// Serves a content file from disk: streamed (never read whole), with `Range` requests
+/// (`206`, `416`), `Last-Modified` and date preconditions from [`ServeFile`]. The strong `ETag`
+/// is the content's SHA-256, so `If-None-Match` answers `304` and an `If-Range` naming
+/// another tag gets the whole file.
+async fn serve_file(path: std::path::PathBuf, etag: &str, headers: &HeaderMap) -> Response {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| etag_matches(v, etag))
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let mut req = axum::http::Request::new(Body::empty());
+    for name in FORWARDED {
+        if let Some(v) = headers.get(&name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    // ServeFile does not know the tag: a range is only for the content the client has.
+    if req
+        .headers_mut()
+        .remove(header::IF_RANGE)
+        .is_some_and(|v| v.as_bytes() != etag.as_bytes())
+    {
+        req.headers_mut().remove(header::RANGE);
+    }
+    let resp = match ServeFile::new(path).oneshot(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(never) => match never {},
+    };
+    match resp.status() {
+        // Deleted after it was looked up.
+        StatusCode::NOT_FOUND => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "content_not_found",
+            "the item's content is gone",
+        )
+        .into_response(),
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let range = resp.headers().get(header::CONTENT_RANGE).cloned();
+            let mut out = ApiError::from_status(StatusCode::RANGE_NOT_SATISFIABLE).into_response();
+            if let Some(v) = range {
+                out.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            out
+        }
+        _ => resp,
+    }
+}
+
+/// The original bytes of an item (a text item's text), with the type detected at upload,
+/// streamed from disk.
 #[utoipa::path(get, path = "/v1/collections/{name}/items/{id}/content", tag = "items",
     params(("name" = String, Path, description = "Collection name"),
            ("id" = String, Path, description = "Item id, percent-encoded")),
     responses(
-        (status = 200, description = "The original bytes, with the stored `Content-Type`, `X-Content-Type-Options: nosniff`, and `Content-Disposition: attachment` unless the type is a JPEG, PNG, GIF or WebP image or audio",
+        (status = 200, description = "The original bytes, with the stored `Content-Type`, `X-Content-Type-Options: nosniff`, `Content-Disposition: attachment` unless the type is a JPEG, PNG, GIF or WebP image or audio, `ETag` (the content's SHA-256), `Last-Modified` and `Accept-Ranges: bytes`",
          content_type = "application/octet-stream"),
+        (status = 206, description = "The part of the original named by `Range` (one range), with `Content-Range`",
+         content_type = "application/octet-stream"),
+        (status = 304, description = "`If-None-Match` names the content's `ETag`, or it was not modified since `If-Modified-Since`"),
         (status = 404, description = "`collection_not_found`, `item_not_found`, or `content_not_found` (items uploaded as vectors)", body = ErrorBody),
+        (status = 416, description = "`range_not_satisfiable`: the range lies outside the content; `Content-Range` gives its length", body = ErrorBody),
     ))]
 pub async fn content(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let engine = state.engine.clone();
-    let (bytes, content_type) =
-        tokio::task::spawn_blocking(move || engine.item_content(&name, &id))
-            .await
-            .map_err(|_| ApiError::internal())??;
+    let source = tokio::task::spawn_blocking(move || engine.item_content_source(&name, &id))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let (mut resp, content_type, etag) = match source {
+        ItemContent::File {
+            path,
+            content_type,
+            sha256,
+        } => {
+            let etag = format!("\"{sha256}\"");
+            (
+                serve_file(path, &etag, &headers).await,
+                content_type,
+                Some(etag),
+            )
+        }
+        ItemContent::Text(text) => (
+            (StatusCode::OK, text).into_response(),
+            "text/plain; charset=utf-8".to_string(),
+            None,
+        ),
+    };
+    if resp.status().is_client_error() {
+        return Ok(resp);
+    }
     let ct = HeaderValue::from_str(&content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        h.insert(header::ETAG, tag);
+    }
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        return Ok(resp);
+    }
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, ct);
     h.insert(
@@ -512,6 +614,21 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_lists() {
+        let tag = "\"ab12\"";
+        for (v, hit) in [
+            ("\"ab12\"", true),
+            ("W/\"ab12\"", true),
+            ("\"x\", \"ab12\"", true),
+            ("*", true),
+            ("\"ab1\"", false),
+            ("ab12", false),
+        ] {
+            assert_eq!(etag_matches(&HeaderValue::from_static(v), tag), hit, "{v}");
+        }
+    }
 
     #[test]
     fn inline_types() {

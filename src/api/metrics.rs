@@ -1,6 +1,12 @@
 //! Request metrics and their Prometheus text exposition. Requests are counted by route
 //! template (never by raw path, so ids do not explode the label set), method and status;
 //! latencies go into one histogram per route. Engine counters are read at scrape time.
+//!
+//! Every label value comes from a fixed set: the method is one of [`METHODS`] or `other`, the
+//! route a template of the router or `unmatched`, the status one the server chose. Metrics
+//! are recorded before the key check and the rate limiter, so nothing a client sends may
+//! become a label of its own: a method such as `X-4KB-OF-GARBAGE` would otherwise add a
+//! series per request, forever.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -14,6 +20,19 @@ use axum::response::Response;
 
 use crate::app::AppState;
 use crate::engine::Engine;
+
+/// The methods recorded under their own name; any other is recorded as `other`.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The label of a request method: the standard method's name, or `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    METHODS
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
+}
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -31,9 +50,9 @@ struct Histogram {
 #[derive(Debug, Default)]
 struct Inner {
     /// (method, route, status) -> count.
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: BTreeMap<(&'static str, String, u16), u64>,
     /// (method, route) -> latencies.
-    latency: BTreeMap<(String, String), Histogram>,
+    latency: BTreeMap<(&'static str, String), Histogram>,
 }
 
 /// The server's request metrics.
@@ -43,15 +62,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Counts one request. `method` is a label from [`method_label`] and `route` a route
+    /// template (or `unmatched`), never a raw value from the request.
+    pub fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let mut m = self.inner.lock().expect("metrics lock");
         *m.requests
-            .entry((method.to_string(), route.to_string(), status))
+            .entry((method, route.to_string(), status))
             .or_default() += 1;
-        let h = m
-            .latency
-            .entry((method.to_string(), route.to_string()))
-            .or_default();
+        let h = m.latency.entry((method, route.to_string())).or_default();
         let slot = LATENCY_BUCKETS
             .iter()
             .position(|b| seconds <= *b)
@@ -191,11 +209,11 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Middleware recording each request under its route template (`unmatched` for unknown
-/// routes).
+/// Middleware recording each request under its method's label ([`method_label`]) and its route
+/// template (`unmatched` for unknown routes).
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -203,7 +221,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".to_string());
     let resp = next.run(req).await;
     state.metrics.record(
-        &method,
+        method,
         &route,
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),
@@ -222,14 +240,24 @@ mod tests {
         m.record("GET", "/a", 200, 0.02);
         m.record("GET", "/a", 404, 100.0);
         let inner = m.inner.lock().unwrap();
-        let h = &inner.latency[&("GET".to_string(), "/a".to_string())];
+        let h = &inner.latency[&("GET", "/a".to_string())];
         assert_eq!(h.count, 3);
         assert_eq!(h.buckets[0], 1);
         assert_eq!(h.buckets[LATENCY_BUCKETS.len()], 1);
-        assert_eq!(
-            inner.requests[&("GET".to_string(), "/a".to_string(), 200)],
-            2
-        );
+        assert_eq!(inner.requests[&("GET", "/a".to_string(), 200)], 2);
+    }
+
+    #[test]
+    fn methods_outside_the_standard_set_are_one_label() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for raw in ["FOO", "get", "X-CUSTOM-METHOD"] {
+            assert_eq!(
+                method_label(&Method::from_bytes(raw.as_bytes()).unwrap()),
+                "other"
+            );
+        }
     }
 
     #[test]

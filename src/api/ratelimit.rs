@@ -26,10 +26,50 @@ use crate::app::AppState;
 pub enum Client {
     /// A valid API key (by the access it grants: there is one key of each).
     Key(Access),
-    /// The peer's address, for requests without a valid key.
+    /// The peer's address, for requests without a valid key. An IPv6 address is cut to its
+    /// /64 network, which one host usually holds whole: otherwise a single host could be any
+    /// number of clients (and add as many buckets or spool quotas).
     Ip(IpAddr),
     /// No address known (requests not from a socket, as in unit tests).
     Unknown,
+}
+
+impl Client {
+    /// The client a request comes from: its valid API key, else its peer's address.
+    pub fn of(keys: &Keys, req: &Request) -> Client {
+        if let Ok(access) = keys.check(req.headers()) {
+            return Client::Key(access);
+        }
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(Client::Unknown, |c| Client::Ip(network(c.0.ip())))
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Key(Access::Admin) => f.write_str("key:admin"),
+            Client::Key(Access::Read) => f.write_str("key:read"),
+            Client::Key(Access::Public) => f.write_str("key:public"),
+            Client::Ip(ip) => write!(f, "ip:{ip}"),
+            Client::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// An IPv4 address as it is (an IPv4-mapped IPv6 address as its IPv4 address); an IPv6
+/// address as its /64 network.
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 /// The buckets of every client.
@@ -54,12 +94,7 @@ impl Limiter {
 
     /// The client a request comes from.
     pub fn client(&self, req: &Request) -> Client {
-        if let Ok(access) = self.keys.check(req.headers()) {
-            return Client::Key(access);
-        }
-        req.extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(Client::Unknown, |c| Client::Ip(c.0.ip()))
+        Client::of(&self.keys, req)
     }
 
     /// Takes a token from `client`'s bucket, or says how long until one is there.
@@ -157,6 +192,15 @@ mod tests {
             assert!(l.check(c).is_ok(), "{c:?}");
         }
         assert_eq!(l.client(&request(None, None)), Client::Unknown);
+        // One IPv6 host holds a /64: all its addresses are one client.
+        let v6 = |p: &str| l.client(&request(None, Some(p)));
+        assert_eq!(v6("[2001:db8:1:2::1]:1"), v6("[2001:db8:1:2:ffff::9]:2"));
+        assert_ne!(v6("[2001:db8:1:2::1]:1"), v6("[2001:db8:1:3::1]:1"));
+        assert_eq!(
+            v6("[::ffff:10.0.0.1]:1"),
+            a,
+            "an IPv4-mapped address is its IPv4 address"
+        );
         l.forget_idle();
         assert!(l.check(&a).is_err(), "a drained bucket is not forgotten");
     }

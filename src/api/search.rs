@@ -1,13 +1,14 @@
 //! `POST /v1/collections/{name}/search`: nearest neighbours of a query made of weighted terms
 //! (texts, vectors, stored items, an uploaded file), with filters.
 
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::extract::{
-    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Payload,
+    finish_form, json_field, next_field, parsed_field, set_once, text_field, unknown_field, Form,
+    Payload,
 };
 use super::{content_url, ApiError, ApiResult, ErrorBody, Json};
 use crate::app::AppState;
@@ -209,12 +210,12 @@ fn request_from_json(b: SearchBody) -> ApiResult<SearchRequest> {
     })
 }
 
-async fn request_from_form(state: &AppState, mut form: Multipart) -> ApiResult<SearchRequest> {
+async fn request_from_form(state: &AppState, mut form: Form) -> ApiResult<SearchRequest> {
     let result = read_request(state, &mut form).await;
     finish_form(&mut form, result).await
 }
 
-async fn read_request(state: &AppState, form: &mut Multipart) -> ApiResult<SearchRequest> {
+async fn read_request(state: &AppState, form: &mut Form) -> ApiResult<SearchRequest> {
     const KNOWN: &[&str] = &[
         "file",
         "text",

@@ -19,7 +19,7 @@ use crate::config::{IndexSettings, MetadataSettings, Settings};
 use crate::embed::registry::Registry;
 use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
-use crate::ingest::{detect, EmbedQueue, QueueFull, Spool};
+use crate::ingest::{detect, EmbedQueue, QueueFull, Spool, SpoolQuota};
 use crate::store::{
     CollectionRecord, IndexParams, ItemRecord, NewCollection, NewContent, NewItem, PutOptions,
     PutOutcome, SledStore, Store, StoreError,
@@ -214,7 +214,11 @@ impl Engine {
         })?;
         let store = Arc::new(SledStore::open(data_dir)?);
         let spool_dir = data_dir.join("spool");
-        let spool = Spool::open(&spool_dir).map_err(|e| {
+        let quota = SpoolQuota {
+            per_owner: settings.server.spool_per_client,
+            total: settings.server.spool_total,
+        };
+        let spool = Spool::open(&spool_dir, quota).map_err(|e| {
             EngineError::Store(StoreError::Io {
                 context: format!("opening the upload spool {}", spool_dir.display()),
                 source: e,
@@ -884,6 +888,26 @@ impl Engine {
             (Some(hash), Some(ct)) => Ok((self.store.read_content(name, hash)?, ct.clone())),
             _ => match item.text {
                 Some(t) => Ok((t.into_bytes(), "text/plain; charset=utf-8".into())),
+                None => Err(EngineError::NotFound {
+                    what: "content",
+                    name: id.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// Where an item's original bytes are, for serving them without reading them whole.
+    pub fn item_content_source(&self, name: &str, id: &str) -> Result<ItemContent> {
+        self.collection(name)?;
+        let item = self.store.get_item(name, id)?;
+        match (item.content_hash, item.content_type) {
+            (Some(hash), Some(content_type)) => Ok(ItemContent::File {
+                path: self.store.content_path(name, &hash)?,
+                content_type,
+                sha256: hash,
+            }),
+            _ => match item.text {
+                Some(t) => Ok(ItemContent::Text(t)),
                 None => Err(EngineError::NotFound {
                     what: "content",
                     name: id.to_string(),

@@ -185,7 +185,7 @@ async fn spooled_files_are_recognised_from_disk_and_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let e = filled(tmp.path()).await;
     let spooled = |bytes: &[u8]| {
-        let mut f = e.spool().create().unwrap();
+        let mut f = e.spool().create("test").unwrap();
         let rt = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             rt.block_on(async {

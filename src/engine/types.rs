@@ -173,3 +173,17 @@ pub struct LabelScore {
     pub label: String,
     pub probability: f32,
 }
+
+/// Where the original bytes of an item are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemContent {
+    /// A stored original: its content file (which a delete may remove at any time), its type
+    /// as detected at upload, and its SHA-256 (lowercase hex).
+    File {
+        path: std::path::PathBuf,
+        content_type: String,
+        sha256: String,
+    },
+    /// The text of a text item stored without a content file.
+    Text(String),
+}

@@ -8,4 +8,4 @@ pub mod spool;
 
 pub use detect::{detect, Detected};
 pub use queue::{EmbedQueue, QueueFull};
-pub use spool::{Spool, SpoolFile};
+pub use spool::{Spool, SpoolFile, SpoolQuota, Written};

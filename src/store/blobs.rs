@@ -96,10 +96,6 @@ impl Blobs {
         parallel(hashes, |hash| self.remove(coll, hash))
     }
 
-    pub(crate) fn read(&self, coll: &str, hash: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.path(coll, hash))
-    }
-
     /// Removes the file for `hash` durably; a missing file is not an error.
     pub(crate) fn remove(&self, coll: &str, hash: &str) -> Result<()> {
         let path = self.path(coll, hash);

@@ -108,6 +108,12 @@ pub trait Store: Send + Sync {
     /// The original bytes stored under `hash` (64 lowercase hex digits) in the collection.
     fn read_content(&self, collection: &str, hash: &str) -> Result<Vec<u8>>;
 
+    /// The path of the file holding the original bytes stored under `hash`, for serving them
+    /// from disk without reading them whole. The file is never written to, but may be removed
+    /// at any time after this returns (the item deleted): a reader must take a missing file
+    /// as content not found.
+    fn content_path(&self, collection: &str, hash: &str) -> Result<std::path::PathBuf>;
+
     /// Removes content files no record references and interrupted temporary files. Runs at
     /// open; safe to call at any time.
     fn gc_blobs(&self) -> Result<GcReport>;

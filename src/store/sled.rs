@@ -862,6 +862,30 @@ impl Store for SledStore {
     }
 
     fn read_content(&self, collection: &str, hash: &str) -> Result<Vec<u8>> {
+        self.with_content(collection, hash, |p| std::fs::read(p))
+    }
+
+    fn content_path(&self, collection: &str, hash: &str) -> Result<PathBuf> {
+        self.with_content(collection, hash, |p| {
+            std::fs::metadata(p).map(|_| p.to_path_buf())
+        })
+    }
+
+    fn gc_blobs(&self) -> Result<GcReport> {
+        let guard = self.lock();
+        self.gc_locked(&guard)
+    }
+}
+
+impl SledStore {
+    /// `f` on the content file of `hash` in `collection`, once a record is known to reference
+    /// it; a referenced file that is missing is a corrupt store unless it was deleted meanwhile.
+    fn with_content<T>(
+        &self,
+        collection: &str,
+        hash: &str,
+        f: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> Result<T> {
         validate_hash(hash)?;
         self.load_collection(collection)?;
         let not_found = || StoreError::ContentNotFound {
@@ -871,8 +895,8 @@ impl Store for SledStore {
         if !self.hash_referenced(collection, hash)? {
             return Err(not_found());
         }
-        match self.blobs.read(collection, hash) {
-            Ok(bytes) => Ok(bytes),
+        match f(&self.blobs.path(collection, hash)) {
+            Ok(v) => Ok(v),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Referenced but absent: either deleted between the two reads, or lost.
                 if self.hash_referenced(collection, hash)? {
@@ -886,11 +910,6 @@ impl Store for SledStore {
             }
             Err(e) => Err(StoreError::io("reading a content file", e)),
         }
-    }
-
-    fn gc_blobs(&self) -> Result<GcReport> {
-        let guard = self.lock();
-        self.gc_locked(&guard)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::server::{assert_error, parse_answer, raw_request, TestServer};
+use crate::server::{answer, assert_error, parse_answer, raw_request, TestServer};
 
 const BOUNDARY: &str = "spool-test-boundary";
 
@@ -236,4 +236,171 @@ fn a_form_over_the_item_limit_is_refused_and_its_files_removed() {
     assert_eq!(spooled(&dir.path().join("spool")), Vec::new());
     let (s, v) = server.get("/v1/collections/c");
     assert_eq!((s, v["total"].as_u64()), (200, Some(0)), "{v}");
+}
+
+#[test]
+fn one_client_holds_at_most_its_spool_quota_and_other_clients_still_get_through() {
+    const ADMIN: &str = "admin-key-for-tests-0001";
+    const READ: &str = "read-key-for-tests-0002";
+    let dir = tempfile::tempdir().unwrap();
+    let limit: usize = 1 << 20;
+    let server = TestServer::start_with(dir.path(), |s| {
+        s.auth.admin_key = Some(ADMIN.into());
+        s.auth.read_key = Some(READ.into());
+        s.server.upload_limit = limit;
+        s.server.spool_per_client = 2 * limit as u64;
+        s.server.spool_total = 8 * limit as u64;
+    });
+    let (s, v) = answer(
+        server
+            .http
+            .post(server.url("/v1/collections"))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .json(&serde_json::json!({"name": "c", "model": "default"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 201, "{v}");
+    let spool = dir.path().join("spool");
+    let png = noise_png(500, 500);
+    assert!(png.len() > 700_000 && png.len() < limit, "{}", png.len());
+    let (before, file, after) = one_file_form(&png);
+    let length = before.len() + file.len() + after.len();
+    // Slow uploads from one client: each sends 700 KB of its file and holds the rest back.
+    let start = |key: &str, path: &str| {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let head = post_head(path, Some(length)).replace(
+            "Host: x\r\n",
+            &format!("Host: x\r\nAuthorization: Bearer {key}\r\n"),
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&before).unwrap();
+        stream.write_all(&file[..700_000]).unwrap();
+        stream.flush().unwrap();
+        stream
+    };
+    let first = start(ADMIN, "/v1/collections/c/items");
+    let second = start(ADMIN, "/v1/collections/c/items");
+    // Each file is on disk but for its last write buffer (256 KiB).
+    wait_until("two uploads reach the spool", || {
+        let files = spooled(&spool);
+        files.len() == 2 && files.iter().all(|(_, n)| *n >= 700_000 - 256 * 1024)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // A third would take the client past 2 MiB: refused with 503 and Retry-After while the
+    // first two are still in progress, and its spooled part removed.
+    let mut third = start(ADMIN, "/v1/collections/c/items");
+    third.write_all(&file[700_000..]).unwrap();
+    third.write_all(&after).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = third.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.contains("\r\nretry-after: 5\r\n"), "{text}");
+    assert_error(parse_answer(&got), 503, "overloaded");
+    // Another client (the read key) is not held to the first one's quota.
+    let (s, v) = answer(
+        server
+            .http
+            .post(server.url("/v1/embed"))
+            .header("authorization", format!("Bearer {READ}"))
+            .multipart(
+                reqwest::blocking::multipart::Form::new()
+                    .text("model", "default")
+                    .part(
+                        "file",
+                        reqwest::blocking::multipart::Part::bytes(png.clone()).file_name("q.png"),
+                    ),
+            )
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    // Once the first client's uploads end, its quota is free again.
+    drop(first);
+    drop(second);
+    wait_until("the abandoned files are removed", || {
+        spooled(&spool).is_empty()
+    });
+    let mut again = start(ADMIN, "/v1/collections/c/items");
+    again.write_all(&file[700_000..]).unwrap();
+    again.write_all(&after).unwrap();
+    let (s, v) = read_answer(again);
+    assert_eq!(
+        (s, v["items"][0]["status"].as_str()),
+        (200, Some("created")),
+        "{v}"
+    );
+}
+
+#[test]
+fn originals_are_streamed_with_ranges_and_validators() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    server.create("c");
+    let png = noise_png(300, 300);
+    let (s, v) = server.post_form(
+        "/v1/collections/c/items",
+        reqwest::blocking::multipart::Form::new().part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(png.clone()).file_name("x.png"),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    let id = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (_, item) = server.get(&format!("/v1/collections/c/items/{id}"));
+    let etag = format!("\"{}\"", item["content_sha256"].as_str().unwrap());
+    let url = server.url(&format!("/v1/collections/c/items/{id}/content"));
+    let get = |headers: &[(&str, &str)]| {
+        let mut r = server.http.get(&url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().unwrap()
+    };
+
+    let r = get(&[]);
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["etag"], etag.as_str());
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    assert_eq!(h["content-length"], png.len().to_string().as_str());
+    assert!(h.contains_key("last-modified"));
+    assert!(r.bytes().unwrap().as_ref() == png.as_slice());
+
+    // One range.
+    let r = get(&[("range", "bytes=100-199")]);
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-199/{}", png.len()).as_str()
+    );
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.bytes().unwrap().as_ref() == &png[100..200]);
+    // A range for other content (If-Range with another tag): the whole file.
+    let r = get(&[("range", "bytes=100-199"), ("if-range", "\"0000\"")]);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().len(), png.len());
+    let r = get(&[("range", "bytes=100-199"), ("if-range", etag.as_str())]);
+    assert_eq!(r.status(), 206);
+    // A range outside the content.
+    let r = get(&[("range", "bytes=99999999-")]);
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", png.len()).as_str()
+    );
+    let (_, v) = answer(r);
+    assert_eq!(v["error"]["code"], "range_not_satisfiable", "{v}");
+    // The client's copy is current.
+    let r = get(&[("if-none-match", etag.as_str())]);
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert!(r.bytes().unwrap().is_empty());
+    assert_eq!(get(&[("if-none-match", "\"0000\"")]).status(), 200);
 }

@@ -819,6 +819,15 @@ fn content_file_written_read_and_removed() {
         [format!("c/{}/{h}", &h[..2])]
     );
     assert_eq!(s.read_content("c", &h).unwrap(), bytes);
+    assert_eq!(s.content_path("c", &h).unwrap(), path);
+    assert!(matches!(
+        s.content_path("c", "../../etc/passwd"),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.content_path("c", &sha256_hex(b"nope")),
+        Err(StoreError::ContentNotFound { .. })
+    ));
     assert!(matches!(
         s.read_content("c", "../../etc/passwd"),
         Err(StoreError::Invalid { .. })
@@ -845,6 +854,10 @@ fn content_file_written_read_and_removed() {
     std::fs::remove_file(blob_path(dir.path(), "c", &sha256_hex(b"gone"))).unwrap();
     assert!(matches!(
         s.read_content("c", &sha256_hex(b"gone")),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        s.content_path("c", &sha256_hex(b"gone")),
         Err(StoreError::Corrupt { .. })
     ));
 }
