@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::config::{IndexSettings, Settings};
 use crate::embed::registry::Registry;
-use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
+use crate::embed::{DecodeBudget, EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
 use crate::ingest::{detect, EmbedQueue, QueueFull, Spool};
 use crate::store::{
@@ -57,6 +57,9 @@ pub enum EngineError {
     UnsupportedMedia(String),
     #[error(transparent)]
     Overloaded(#[from] QueueFull),
+    /// The decode-memory budget shared by all requests is in use.
+    #[error("{0}")]
+    Busy(String),
     #[error("storage error: {0}")]
     Store(StoreError),
     #[error("index error: {0}")]
@@ -88,7 +91,7 @@ impl EngineError {
             EngineError::Conflict(_) => "conflict",
             EngineError::Invalid { code, .. } => code,
             EngineError::UnsupportedMedia(_) => "unsupported_media_type",
-            EngineError::Overloaded(_) => "overloaded",
+            EngineError::Overloaded(_) | EngineError::Busy(_) => "overloaded",
             EngineError::Store(_) => "storage_error",
             EngineError::Index(_) => "index_error",
             EngineError::Embed(_) => "encoder_error",
@@ -143,6 +146,7 @@ impl From<EmbedError> for EngineError {
             EmbedError::InvalidInput(_) | EmbedError::Decode(_) => {
                 EngineError::invalid("invalid_media", e.to_string())
             }
+            EmbedError::Busy(m) => EngineError::Busy(m),
             other => EngineError::Embed(other),
         }
     }
@@ -184,6 +188,8 @@ pub struct Engine {
     index_root: PathBuf,
     index_defaults: IndexSettings,
     queue: EmbedQueue,
+    /// Memory the decoding of uploaded files may hold, shared by every request.
+    decode: DecodeBudget,
     /// Where uploaded files are received (`<data_dir>/spool`).
     spool: Spool,
     stats: EngineStats,
@@ -221,6 +227,7 @@ impl Engine {
             index_root: data_dir.join("index"),
             index_defaults: settings.index.clone(),
             queue: EmbedQueue::new(settings.embed.queue_capacity, settings.embed.workers),
+            decode: DecodeBudget::new(settings.embed.decode_limits()),
             spool,
             stats: EngineStats::default(),
             write_lock: tokio::sync::Mutex::new(()),
@@ -512,9 +519,10 @@ impl Engine {
         }
         let n = inputs.len() as u64;
         let t = Instant::now();
+        let budget = self.decode.clone();
         let results = self
             .queue
-            .run(move || encoder.embed_batch(&inputs))
+            .run(move || encoder.embed_batch_within(&inputs, &budget))
             .await??;
         self.stats.embed_batches.fetch_add(1, Ordering::Relaxed);
         self.stats.embed_items.fetch_add(n, Ordering::Relaxed);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::decoder_panicked;
-use crate::embed::EmbedError;
+use crate::embed::{EmbedError, Reservation, UploadBudget};
 use crate::guard::contain;
 
 /// The sample rate ImageBind's audio tower is trained on.
@@ -134,13 +134,52 @@ impl Waveform {
 /// with NaN or infinite samples [`EmbedError::InvalidInput`]; a file on which symphonia panics
 /// ([`crate::guard`]) is [`EmbedError::Decode`].
 pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    decode_audio_within(bytes, &UploadBudget::default()).map(|(wave, _)| wave)
+}
+
+/// [`decode_audio`] within a decode budget. Before the first packet is decoded, the memory of
+/// the samples the header declares (frames x channels, and their copies resampled to 16 kHz:
+/// [`decode_cost`]) is reserved in `budget`; a stream whose header gives no length reserves the
+/// per-decode limit. Samples are counted while decoding, and a stream that outgrows its
+/// reservation grows it or stops at the limit. The reservation is returned so that the caller
+/// holds it while it works on the samples.
+pub fn decode_audio_within<'b>(
+    bytes: &[u8],
+    budget: &'b UploadBudget,
+) -> Result<(Waveform, Reservation<'b>), EmbedError> {
     // The demuxing and decoding loop interleaves symphonia's calls with this module's checks, so
     // the whole of it runs under the guard.
-    contain(|| decode_audio_unguarded(bytes))
+    contain(|| decode_audio_unguarded(bytes, budget))
         .unwrap_or_else(|panic| Err(decoder_panicked(sniff(bytes), &panic)))
 }
 
-fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+/// Bytes of decoding up to 1 MiB of symphonia's buffers, the filterbank and the clips.
+const AUDIO_OVERHEAD: u64 = 1 << 20;
+
+/// Most bytes [`preprocess`] holds for `frames` frames of `channels` channels at `rate` Hz from
+/// a file of `file_len` bytes: the file, the decoded f32 samples, their copies resampled to
+/// 16 kHz and the resampling filter.
+pub fn decode_cost(file_len: u64, frames: u64, channels: u64, rate: u32) -> u64 {
+    let rate = rate.max(1) as u64;
+    let resampled = if rate == SAMPLE_RATE as u64 {
+        0
+    } else {
+        (frames as u128 * SAMPLE_RATE as u128).div_ceil(rate as u128) as u64
+    };
+    let kernel = 4 * resample_kernel_len(rate.min(u32::MAX as u64) as u32, SAMPLE_RATE) as u64;
+    file_len
+        .saturating_add(
+            4u64.saturating_mul(channels)
+                .saturating_mul(frames.saturating_add(resampled)),
+        )
+        .saturating_add(kernel.min(4 * MAX_RESAMPLE_KERNEL as u64))
+        .saturating_add(AUDIO_OVERHEAD)
+}
+
+fn decode_audio_unguarded<'b>(
+    bytes: &[u8],
+    budget: &'b UploadBudget,
+) -> Result<(Waveform, Reservation<'b>), EmbedError> {
     use symphonia::core::codecs::audio::well_known::CODEC_ID_MP3;
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::codecs::CodecParameters;
@@ -206,6 +245,33 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
             e => decode_err(e),
         })?;
     let mut sample_rate = params.sample_rate.unwrap_or(0);
+    let declared_channels = params.channels.as_ref().map(|c| c.count() as u64);
+    let file_len = bytes.len() as u64;
+    let mut held = match (expected, declared_channels, params.sample_rate) {
+        (Some(n), Some(c), Some(rate)) if c > 0 && rate > 0 => {
+            let need = decode_cost(file_len, n, c, rate);
+            // An estimated length (MP3 without a LAME header) gets room for the vectors to
+            // double past it, so that siblings in the upload cannot starve its growth.
+            let room = if exact_length {
+                need
+            } else {
+                decode_cost(file_len, 2 * n + 65_536, c, rate)
+                    .min(budget.limits().per_decode)
+                    .max(need)
+            };
+            budget.reserve(
+                room,
+                format_args!("{what} of {n} samples per channel, {c} channels at {rate} Hz"),
+            )?
+        }
+        // No length or layout in the header: count while decoding, up to the per-decode limit.
+        _ => budget.reserve(
+            budget.limits().per_decode,
+            format_args!("{what} of unstated length"),
+        )?,
+    };
+    // A stated exact length is allocated once rather than doubled as it grows.
+    let capacity = expected.filter(|_| exact_length).map_or(0, |n| n as usize);
     let mut channels: Vec<Vec<f32>> = Vec::new();
     loop {
         let packet = match reader.next_packet() {
@@ -228,7 +294,12 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
                 )));
             }
             sample_rate = rate;
-            channels = vec![Vec::new(); planes];
+            if decode_cost(file_len, capacity as u64, planes as u64, rate) > held.bytes() {
+                // The decoded layout has more channels than the header said.
+                let cost = decode_cost(file_len, expected.unwrap_or(0), planes as u64, rate);
+                held.grow_to(cost, format_args!("{what} of {planes} channels"))?;
+            }
+            channels = (0..planes).map(|_| Vec::with_capacity(capacity)).collect();
         } else if planes != channels.len() || rate != sample_rate {
             return Err(EmbedError::UnsupportedFormat(format!(
                 "{what}: channel count or sample rate changes within the stream"
@@ -237,6 +308,17 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
         let total = channels[0].len() + buf.frames();
         if total > MAX_SAMPLES {
             return Err(too_long(total as u64));
+        }
+        if total > channels[0].capacity() {
+            // Growing doubles the vectors: count what they will hold before they do.
+            let grown = (total as u64).max(2 * channels[0].capacity() as u64);
+            let cost = decode_cost(file_len, grown, channels.len() as u64, sample_rate);
+            if cost > held.bytes() {
+                held.grow_to(
+                    cost,
+                    format_args!("{what} of more than {total} samples per channel"),
+                )?;
+            }
         }
         append_planes(&buf, &mut channels);
     }
@@ -257,16 +339,34 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
             i % frames
         )));
     }
-    Ok(Waveform {
-        sample_rate,
-        channels,
-    })
+    Ok((
+        Waveform {
+            sample_rate,
+            channels,
+        },
+        held,
+    ))
 }
 
 fn too_long(frames: u64) -> EmbedError {
     EmbedError::InvalidInput(format!(
         "audio of {frames} samples per channel exceeds the limit of {MAX_SAMPLES}"
     ))
+}
+
+/// Whether `bytes` start with an MPEG audio layer III frame header: the 11-bit sync word, a
+/// defined MPEG version, layer III, a bit rate other than "free" or "bad" and a defined sample
+/// rate. Only the sync word is not enough: `FF FE` also begins every UTF-16 text (its byte
+/// order mark), which is not audio at all.
+pub fn is_mp3_frame_header(bytes: &[u8]) -> bool {
+    let [0xff, b1, b2, ..] = *bytes else {
+        return false;
+    };
+    let version = (b1 >> 3) & 0b11;
+    let layer = (b1 >> 1) & 0b11;
+    let bitrate = b2 >> 4;
+    let rate = (b2 >> 2) & 0b11;
+    b1 & 0xe0 == 0xe0 && version != 0b01 && layer == 0b01 && !matches!(bitrate, 0 | 15) && rate != 3
 }
 
 /// A name for the container, from its first bytes, for messages.
@@ -277,9 +377,7 @@ fn sniff(bytes: &[u8]) -> &'static str {
         "FLAC"
     } else if bytes.starts_with(b"OggS") {
         "Ogg"
-    } else if bytes.starts_with(b"ID3")
-        || (bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0)
-    {
+    } else if bytes.starts_with(b"ID3") || is_mp3_frame_header(bytes) {
         "MP3"
     } else {
         "audio of an unrecognised format"
@@ -709,7 +807,18 @@ pub fn preprocess(
     fbank: &Fbank,
     cfg: &AudioPreprocessConfig,
 ) -> Result<Vec<f32>, EmbedError> {
-    let wave = decode_audio(bytes)?;
+    preprocess_within(bytes, fbank, cfg, &UploadBudget::default())
+}
+
+/// [`preprocess`] within a decode budget ([`decode_audio_within`]): the reservation made from
+/// the header is held until the filterbanks are computed.
+pub fn preprocess_within(
+    bytes: &[u8],
+    fbank: &Fbank,
+    cfg: &AudioPreprocessConfig,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
+    let (wave, _held) = decode_audio_within(bytes, budget)?;
     let (clips, _) = clip_fbanks(&wave, fbank, cfg)?;
     let mut out = clips.concat();
     normalize_fbank(&mut out);
@@ -763,6 +872,125 @@ mod tests {
             channels: vec![vec![0.1; 300]],
         };
         assert!(clip_fbanks(&w, &fb, &AudioPreprocessConfig::default()).is_err());
+    }
+
+    /// Bytes starting `FF FE 00` (a UTF-16 byte order mark) were called MP3 in the refusal.
+    #[test]
+    fn only_a_layer_iii_frame_header_is_called_mp3() {
+        assert!(is_mp3_frame_header(&[0xff, 0xfb, 0x90, 0x64])); // MPEG-1 layer III, 128 kb/s
+        assert!(is_mp3_frame_header(&[0xff, 0xf3, 0x48, 0xc4])); // MPEG-2 layer III
+        for b in [
+            &[0xff, 0xfe, 0x00, 0x00][..], // UTF-16 LE BOM: layer I, free bit rate
+            &[0xff, 0xfd, 0x90, 0x64],     // layer II
+            &[0xff, 0xfb, 0xf0, 0x64],     // bad bit rate
+            &[0xff, 0xfb, 0x9c, 0x64],     // reserved sample rate
+            &[0xff, 0xeb, 0x90, 0x64],     // reserved MPEG version
+            &[0xff, 0xfb],
+        ] {
+            assert!(!is_mp3_frame_header(b), "{b:02x?}");
+        }
+        let mut utf16 = vec![0xff, 0xfe];
+        utf16.extend("a dog".encode_utf16().flat_map(u16::to_le_bytes));
+        utf16.extend([0u8; 64]);
+        let e = decode_audio(&utf16).unwrap_err().to_string();
+        assert!(
+            e.contains("audio of an unrecognised format") && !e.contains("MP3:"),
+            "{e}"
+        );
+    }
+
+    /// A FLAC stream of `channels` channels of 16-bit silence at 44.1 kHz whose STREAMINFO
+    /// claims `claimed` samples per channel, followed by `blocks` frames of 4096 samples
+    /// (CONSTANT subframes: three bytes per channel). Twenty minutes of eight channels take
+    /// about 440 KB, as in the review.
+    fn flac_silence(channels: u8, claimed: u64, blocks: u32) -> Vec<u8> {
+        fn crc8(data: &[u8]) -> u8 {
+            data.iter().fold(0u8, |mut c, &b| {
+                c ^= b;
+                for _ in 0..8 {
+                    c = if c & 0x80 != 0 {
+                        (c << 1) ^ 0x07
+                    } else {
+                        c << 1
+                    };
+                }
+                c
+            })
+        }
+        fn crc16(data: &[u8]) -> u16 {
+            data.iter().fold(0u16, |mut c, &b| {
+                c ^= (b as u16) << 8;
+                for _ in 0..8 {
+                    c = if c & 0x8000 != 0 {
+                        (c << 1) ^ 0x8005
+                    } else {
+                        c << 1
+                    };
+                }
+                c
+            })
+        }
+        let mut f = b"fLaC".to_vec();
+        f.extend_from_slice(&[0x80, 0, 0, 34]); // last block, STREAMINFO, 34 bytes
+        f.extend_from_slice(&4096u16.to_be_bytes());
+        f.extend_from_slice(&4096u16.to_be_bytes());
+        f.extend_from_slice(&[0; 6]); // frame sizes unknown
+                                      // 20 bits rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits frames.
+        let packed: u64 = (44_100u64 << 44)
+            | (((channels - 1) as u64) << 41)
+            | (15u64 << 36)
+            | (claimed & ((1 << 36) - 1));
+        f.extend_from_slice(&packed.to_be_bytes());
+        f.extend_from_slice(&[0; 16]); // MD5 unknown
+        for n in 0..blocks {
+            // Block size 4096, 44.1 kHz, `channels` independent channels, 16 bits; the frame
+            // number in UTF-8 coding (all numbers here fit two bytes).
+            let mut frame = vec![0xff, 0xf8, 0xc9, ((channels - 1) << 4) | 0x08];
+            if n < 0x80 {
+                frame.push(n as u8);
+            } else {
+                frame.extend_from_slice(&[0xc0 | (n >> 6) as u8, 0x80 | (n & 0x3f) as u8]);
+            }
+            frame.push(crc8(&frame));
+            frame.extend(std::iter::repeat_n(0u8, 3 * channels as usize));
+            let crc = crc16(&frame);
+            f.extend_from_slice(&frame);
+            f.extend_from_slice(&crc.to_be_bytes());
+        }
+        f
+    }
+
+    /// Weakness found in review: a 431 KB FLAC of 8 channels and 20 minutes grew the server by
+    /// 2.4 GB. What the samples (and their 16 kHz copies) need is computed from the header and
+    /// refused before the first packet is decoded.
+    #[test]
+    fn audio_decoding_past_the_budget_is_refused_from_the_header() {
+        let budget = UploadBudget::default();
+        // The generated stream is valid FLAC: when it claims what it holds, it decodes.
+        let (wave, _) = decode_audio_within(&flac_silence(8, 2 * 4096, 2), &budget).unwrap();
+        assert_eq!((wave.channels.len(), wave.len()), (8, 2 * 4096));
+        let frames = 20 * 60 * 44_100;
+        let e = decode_audio_within(&flac_silence(8, frames, 2), &budget).unwrap_err();
+        assert!(
+            matches!(&e, EmbedError::InvalidInput(m)
+                if m.contains("8 channels") && m.contains("over the limit of 512 MiB")),
+            "{e}"
+        );
+        // A 16-bit mono WAV claiming 150 million samples (under the length limit, but 800 MB
+        // with its 16 kHz copy): refused from the header as well.
+        let mut w = pcm_wav(48_000, 16);
+        w[4..8].copy_from_slice(&(36 + 300_000_000u32).to_le_bytes());
+        w[40..44].copy_from_slice(&300_000_000u32.to_le_bytes());
+        let e = decode_audio_within(&w, &budget).unwrap_err();
+        assert!(
+            matches!(&e, EmbedError::InvalidInput(m) if m.contains("over the limit")),
+            "{e}"
+        );
+        assert!(decode_cost(0, frames, 8, 44_100) > 2 << 30);
+        // A short clip fits, and its reservation is given back.
+        let (wave, held) = decode_audio_within(&pcm_wav(22_050, 1600), &budget).unwrap();
+        assert_eq!(wave.len(), 1600);
+        assert!(held.bytes() < 2 << 20, "{}", held.bytes());
     }
 
     /// A 16-bit mono PCM WAV of `n` samples at `rate` Hz.
