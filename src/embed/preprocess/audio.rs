@@ -10,6 +10,10 @@
 //!   or truncated audio with a message saying which.
 //! - Resampling: [`resample`] is torchaudio's `functional.resample` (windowed-sinc, Hann window,
 //!   6 zero crossings, roll-off 0.99), computed from the same kernel formula.
+//! - Memory: a stream whose header states its exact length, rate and channels is decoded keeping
+//!   only the input samples its clips read ([`decode_clip_windows_within`]), bit-identical to
+//!   decoding it whole; others are decoded whole within the decode budget
+//!   ([`crate::embed::budget`]).
 //! - Clips: three 2-second clips starting at 0, (D-2)/3 and 2(D-2)/3 seconds of a D-second file
 //!   (pytorchvideo's `ConstantClipsPerVideoSampler` in exact rational arithmetic), cut at the end
 //!   of the file; each clip has its mean removed in place (the official code subtracts the mean
