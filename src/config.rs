@@ -158,6 +158,29 @@ pub struct EmbedSettings {
     pub queue_capacity: usize,
     /// Forward passes running at the same time.
     pub workers: usize,
+    /// Most memory decoding one uploaded file may need, in bytes, computed from its header
+    /// before it is decoded; over it the file is refused (`400 invalid_media`).
+    pub decode_max_bytes: u64,
+    /// Decode memory shared by the files of one request decoded in parallel, in bytes; a file
+    /// that does not fit waits for the request's other files.
+    pub decode_upload_bytes: u64,
+    /// Decode memory shared by every request, in bytes.
+    pub decode_process_bytes: u64,
+    /// Milliseconds a decode waits for room in `decode_process_bytes`; then `503 overloaded`
+    /// with `Retry-After`.
+    pub decode_wait_ms: u64,
+}
+
+impl EmbedSettings {
+    /// The decode-memory limits these settings describe.
+    pub fn decode_limits(&self) -> crate::embed::DecodeLimits {
+        crate::embed::DecodeLimits {
+            per_decode: self.decode_max_bytes,
+            per_upload: self.decode_upload_bytes,
+            process: self.decode_process_bytes,
+            wait: std::time::Duration::from_millis(self.decode_wait_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -311,6 +334,14 @@ impl Settings {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.embed.queue_capacity == 0 || self.embed.workers == 0 {
             return bad("embed.queue_capacity and embed.workers must be at least 1");
+        }
+        if let Err(e) = self.embed.decode_limits().validate() {
+            return Err(ConfigError::Invalid(format!(
+                "embed.decode_max_bytes, embed.decode_upload_bytes, embed.decode_process_bytes: {e}"
+            )));
+        }
+        if self.embed.decode_wait_ms > 600_000 {
+            return bad("embed.decode_wait_ms must be at most 600000 (10 minutes)");
         }
         if self.server.body_limit == 0 || self.server.upload_limit == 0 {
             return bad("server.body_limit and server.upload_limit must be positive");
@@ -587,6 +618,27 @@ mod tests {
             .auth
             .admin_key
             .is_none());
+    }
+
+    #[test]
+    fn decode_limits_default_and_must_nest() {
+        let s = load_clean(&Overrides::default()).unwrap();
+        let l = s.embed.decode_limits();
+        assert_eq!(
+            (l.per_decode, l.per_upload, l.process, l.wait.as_millis()),
+            (512 << 20, 1 << 30, 2 << 30, 2000)
+        );
+        let err = |e: Result<(), ConfigError>| e.unwrap_err().to_string();
+        assert!(err(with(|s| s.embed.decode_max_bytes = 0)).contains("decode_max_bytes"));
+        assert!(err(with(|s| s.embed.decode_upload_bytes = 1 << 20)).contains("nest"));
+        assert!(err(with(|s| s.embed.decode_process_bytes = 1 << 29)).contains("nest"));
+        assert!(err(with(|s| s.embed.decode_wait_ms = 3_600_000)).contains("decode_wait_ms"));
+        assert!(with(|s| {
+            s.embed.decode_max_bytes = 64 << 20;
+            s.embed.decode_upload_bytes = 64 << 20;
+            s.embed.decode_process_bytes = 64 << 20;
+        })
+        .is_ok());
     }
 
     #[test]

@@ -119,12 +119,13 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
             EngineError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             EngineError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Overloaded(_) | EngineError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(_) | EngineError::Index(_) | EngineError::Embed(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        if status.is_server_error() && !matches!(e, EngineError::Overloaded(_)) {
+        let overloaded = matches!(e, EngineError::Overloaded(_) | EngineError::Busy(_));
+        if status.is_server_error() && !overloaded {
             tracing::error!(code, error = %e, "request failed");
             return ApiError {
                 status,
@@ -137,7 +138,7 @@ impl From<EngineError> for ApiError {
             status,
             code: Cow::Borrowed(code),
             message: e.to_string(),
-            retry_after: matches!(e, EngineError::Overloaded(_)).then_some(1),
+            retry_after: overloaded.then_some(1),
         }
     }
 }
@@ -196,6 +197,10 @@ mod tests {
         assert_eq!((s, c.as_str()), (415, "unsupported_media_type"));
         let (s, c, r, _) = status_and_code(EngineError::Overloaded(QueueFull));
         assert_eq!((s, c.as_str(), r), (503, "overloaded", Some(1)));
+        let busy = EngineError::from(EmbedError::Busy("decode budget in use".into()));
+        let (s, c, r, m) = status_and_code(busy);
+        assert_eq!((s, c.as_str(), r), (503, "overloaded", Some(1)));
+        assert!(m.contains("decode budget"), "{m}");
         // Internal failures keep their code but not their detail.
         let (s, c, r, m) = status_and_code(EngineError::Embed(EmbedError::Device(
             "secret detail".into(),

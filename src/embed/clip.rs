@@ -24,13 +24,18 @@ use serde::Deserialize;
 
 use super::device::{device_name, dtype_name};
 use super::layers::{causal_mask, forward_in_chunks, FusedSelfAttention, TransposedLinear};
-use super::preprocess::image::{preprocess as preprocess_image, ImagePreprocessConfig};
+use super::preprocess::image::{
+    preprocess as preprocess_image, preprocess_within as preprocess_image_within,
+    ImagePreprocessConfig,
+};
 use super::preprocess::text::TextTokenizer;
 use super::preprocess::PREPROCESS_VERSION;
 use super::registry::{
     card_license, read_to_string, sha256_files, var_builder, weight_files, ModelSpec,
 };
-use super::{embed_in_parallel, BatchSlots, EmbedError, Encoder, Input, Modality, ModelInfo};
+use super::{
+    embed_in_parallel, BatchSlots, DecodeBudget, EmbedError, Encoder, Input, Modality, ModelInfo,
+};
 
 /// Activation of the MLP blocks, named as in Hugging Face's `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -695,9 +700,10 @@ impl Encoder for ClipEncoder {
         &self.info
     }
 
-    fn embed_batch(
+    fn embed_batch_within(
         &self,
         inputs: &[Input],
+        budget: &DecodeBudget,
     ) -> std::result::Result<Vec<std::result::Result<Vec<f32>, EmbedError>>, EmbedError> {
         let mut out: BatchSlots = (0..inputs.len()).map(|_| None).collect();
         let mut texts = Vec::new();
@@ -722,7 +728,8 @@ impl Encoder for ClipEncoder {
         if !images.is_empty() {
             embed_in_parallel(
                 &images,
-                |b| self.preprocess_image(b),
+                budget,
+                |b, upload| preprocess_image_within(b, &self.image_cfg, upload),
                 |px| Ok(self.embed_pixels(px)?.to_vec2::<f32>()?),
                 &mut out,
             )?;

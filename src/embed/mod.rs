@@ -10,6 +10,7 @@
 //! It never imports the HTTP, store or index layers: callers hand it bytes or text and get
 //! L2-normalised vectors back.
 
+pub mod budget;
 pub mod builtin;
 pub mod clip;
 pub mod device;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use budget::{DecodeBudget, DecodeLimits, Reservation, UploadBudget};
 pub use device::{select_device, DeviceSpec, Precision};
 pub use registry::{load_encoder, ModelSpec};
 
@@ -226,10 +228,23 @@ pub trait Encoder: Send + Sync {
     ///
     /// The outer error is a failure of the model itself; the inner ones are per input
     /// (an undecodable file fails alone, the rest of the batch is still embedded).
-    /// Returned vectors are L2-normalised and in input order.
+    /// Returned vectors are L2-normalised and in input order. Decoding uses a decode-memory
+    /// budget of its own with the default limits; a server shares one through
+    /// [`Encoder::embed_batch_within`].
     fn embed_batch(
         &self,
         inputs: &[Input],
+    ) -> Result<Vec<Result<Vec<f32>, EmbedError>>, EmbedError> {
+        self.embed_batch_within(inputs, &DecodeBudget::default())
+    }
+
+    /// [`Encoder::embed_batch`], files decoded within `budget`: each file reserves the memory
+    /// its header says it needs before it is decoded, and the batch's files decoded at once
+    /// share one upload budget.
+    fn embed_batch_within(
+        &self,
+        inputs: &[Input],
+        budget: &DecodeBudget,
     ) -> Result<Vec<Result<Vec<f32>, EmbedError>>, EmbedError>;
 
     /// Embeds a single input.
@@ -259,6 +274,9 @@ pub enum EmbedError {
     UnsupportedFormat(String),
     #[error("could not decode input: {0}")]
     Decode(String),
+    /// The process's decode-memory budget is in use by other uploads ([`budget`]).
+    #[error("{0}")]
+    Busy(String),
     #[error("model files not found: {0}")]
     ModelNotFound(String),
     #[error("invalid model configuration: {0}")]
@@ -292,22 +310,26 @@ impl EmbedError {
 pub(crate) type BatchSlots = Vec<Option<Result<Vec<f32>, EmbedError>>>;
 
 /// Preprocesses `items` (input position, raw bytes) in parallel, embeds the ones that succeeded
-/// in one call, and writes each input's vector or error into `out` at its position.
+/// in one call, and writes each input's vector or error into `out` at its position. The items
+/// share one upload budget of `budget`: `preprocess` reserves each file's decode memory in it
+/// (so files wait for each other when they do not fit together).
 pub(crate) fn embed_in_parallel<P, E>(
     items: &[(usize, &Media)],
+    budget: &DecodeBudget,
     preprocess: P,
     embed: E,
     out: &mut BatchSlots,
 ) -> Result<(), EmbedError>
 where
-    P: Fn(&[u8]) -> Result<Vec<f32>, EmbedError> + Sync,
+    P: Fn(&[u8], &UploadBudget) -> Result<Vec<f32>, EmbedError> + Sync,
     E: FnOnce(&[&[f32]]) -> Result<Vec<Vec<f32>>, EmbedError>,
 {
     use rayon::prelude::*;
+    let upload = budget.upload();
     // Decoding dominates small models: decode in parallel, then one forward pass.
     let pre: Vec<(usize, Result<Vec<f32>, EmbedError>)> = items
         .par_iter()
-        .map(|(i, m)| (*i, m.load().and_then(|b| preprocess(&b))))
+        .map(|(i, m)| (*i, m.load().and_then(|b| preprocess(&b, &upload))))
         .collect();
     let mut ok_idx = Vec::new();
     let mut ok = Vec::new();

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::config::{IndexSettings, MetadataSettings, Settings};
 use crate::embed::registry::Registry;
-use crate::embed::{EmbedError, Encoder, Input, Media, Modality, ModelInfo};
+use crate::embed::{DecodeBudget, EmbedError, Encoder, Input, Media, Modality, ModelInfo};
 use crate::index::{self, Index, IndexConfig, IndexError, SearchParams};
 use crate::ingest::{detect, EmbedQueue, QueueFull, Spool, SpoolQuota};
 use crate::store::{
@@ -61,6 +61,9 @@ pub enum EngineError {
     TooLarge(String),
     #[error(transparent)]
     Overloaded(#[from] QueueFull),
+    /// The decode-memory budget shared by all requests is in use.
+    #[error("{0}")]
+    Busy(String),
     #[error("storage error: {0}")]
     Store(StoreError),
     #[error("index error: {0}")]
@@ -93,7 +96,7 @@ impl EngineError {
             EngineError::Invalid { code, .. } => code,
             EngineError::UnsupportedMedia(_) => "unsupported_media_type",
             EngineError::TooLarge(_) => "payload_too_large",
-            EngineError::Overloaded(_) => "overloaded",
+            EngineError::Overloaded(_) | EngineError::Busy(_) => "overloaded",
             EngineError::Store(_) => "storage_error",
             EngineError::Index(_) => "index_error",
             EngineError::Embed(_) => "encoder_error",
@@ -148,6 +151,7 @@ impl From<EmbedError> for EngineError {
             EmbedError::InvalidInput(_) | EmbedError::Decode(_) => {
                 EngineError::invalid("invalid_media", e.to_string())
             }
+            EmbedError::Busy(m) => EngineError::Busy(m),
             other => EngineError::Embed(other),
         }
     }
@@ -190,6 +194,8 @@ pub struct Engine {
     index_defaults: IndexSettings,
     metadata_limits: MetadataSettings,
     queue: EmbedQueue,
+    /// Memory the decoding of uploaded files may hold, shared by every request.
+    decode: DecodeBudget,
     /// Where uploaded files are received (`<data_dir>/spool`).
     spool: Spool,
     stats: EngineStats,
@@ -232,6 +238,7 @@ impl Engine {
             index_defaults: settings.index.clone(),
             metadata_limits: settings.metadata,
             queue: EmbedQueue::new(settings.embed.queue_capacity, settings.embed.workers),
+            decode: DecodeBudget::new(settings.embed.decode_limits()),
             spool,
             stats: EngineStats::default(),
             write_lock: tokio::sync::Mutex::new(()),
@@ -537,9 +544,10 @@ impl Engine {
         }
         let n = inputs.len() as u64;
         let t = Instant::now();
+        let budget = self.decode.clone();
         let results = self
             .queue
-            .run(move || encoder.embed_batch(&inputs))
+            .run(move || encoder.embed_batch_within(&inputs, &budget))
             .await??;
         self.stats.embed_batches.fetch_add(1, Ordering::Relaxed);
         self.stats.embed_items.fetch_add(n, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Media detection from magic numbers. File names and client-declared types are never trusted:
 //! what the bytes are decides how they are decoded and which `Content-Type` they are served with.
 
+use crate::embed::preprocess::audio::is_mp3_frame_header;
 use crate::embed::Modality;
 
 /// What a file was recognised as.
@@ -44,7 +45,7 @@ pub fn detect(bytes: &[u8]) -> Option<Detected> {
     if b.starts_with(b"OggS") {
         return found(Some(Modality::Audio), "audio/ogg");
     }
-    if b.starts_with(b"ID3") || (b.len() >= 2 && b[0] == 0xFF && b[1] & 0xE0 == 0xE0) {
+    if b.starts_with(b"ID3") || is_mp3_frame_header(b) {
         return found(Some(Modality::Audio), "audio/mpeg");
     }
     if b.starts_with(b"\x93NUMPY") {
@@ -110,5 +111,11 @@ mod tests {
         assert!(detect(b"BM\0\0binary\0").is_none());
         assert!(detect(b"<html>\0</html>").is_none());
         assert!(detect(&[0xC3, 0x28]).is_none());
+        // A UTF-16 byte order mark shares MP3's sync bits; it is not MP3.
+        assert!(detect(b"\xff\xfe\x00a\x00").is_none());
+        assert_eq!(
+            detect(&[0xFF, 0xFB, 0x90, 0x64]).unwrap().content_type,
+            "audio/mpeg"
+        );
     }
 }

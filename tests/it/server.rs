@@ -41,6 +41,12 @@ fn model_dir() -> PathBuf {
     clip_dir().join("models").join(MODEL)
 }
 
+/// The ImageBind test model (every modality) as `imagebind`.
+pub fn imagebind_spec() -> ModelSpec {
+    let dir = crate::common::fixtures().join("imagebind/models/imagebind-tiny");
+    ModelSpec::new("imagebind", dir.to_str().unwrap())
+}
+
 fn image_names() -> Vec<String> {
     read_json(&clip_dir().join("images.json"))
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::embed::{embed_in_parallel, BatchSlots};
+use crate::embed::{embed_in_parallel, BatchSlots, DecodeBudget, UploadBudget};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -22,7 +22,7 @@ use crate::embed::device::{device_name, dtype_name};
 use crate::embed::layers::forward_in_chunks;
 use crate::embed::preprocess::audio::{self, AudioPreprocessConfig, Fbank};
 use crate::embed::preprocess::image::{
-    preprocess as preprocess_image, Alpha, CropOffset, ImagePreprocessConfig,
+    preprocess_within as preprocess_image_within, Alpha, CropOffset, ImagePreprocessConfig,
 };
 use crate::embed::preprocess::text::TextTokenizer;
 use crate::embed::preprocess::{depth, imu, thermal, video, PREPROCESS_VERSION};
@@ -270,23 +270,38 @@ impl ImageBindEncoder {
 
     /// Preprocesses one input of a tensor modality: the values and the number of clips.
     pub(crate) fn preprocess(&self, m: Modality, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+        self.preprocess_within(m, bytes, &UploadBudget::default())
+    }
+
+    /// [`Self::preprocess`], the file's decode memory reserved in `budget` first.
+    pub(crate) fn preprocess_within(
+        &self,
+        m: Modality,
+        bytes: &[u8],
+        budget: &UploadBudget,
+    ) -> Result<Vec<f32>, EmbedError> {
         match m {
-            Modality::Image => preprocess_image(bytes, &self.image_cfg),
+            Modality::Image => preprocess_image_within(bytes, &self.image_cfg, budget),
             Modality::Audio => {
                 let fb = self
                     .fbank
                     .as_ref()
                     .ok_or_else(|| self.info.unsupported(m))?;
-                audio::preprocess(bytes, fb, &self.audio_cfg)
+                audio::preprocess_within(bytes, fb, &self.audio_cfg, budget)
             }
-            Modality::Depth => depth::preprocess(
+            Modality::Depth => depth::preprocess_within(
                 bytes,
                 &self.model.config.inputs.depth,
                 self.model.config.inputs.image_size,
+                budget,
             ),
-            Modality::Thermal => thermal::preprocess(bytes, self.model.config.inputs.image_size),
+            Modality::Thermal => {
+                thermal::preprocess_within(bytes, self.model.config.inputs.image_size, budget)
+            }
             Modality::Imu => imu::preprocess(bytes),
-            Modality::Video => video::preprocess_at(bytes, self.model.config.inputs.image_size),
+            Modality::Video => {
+                video::preprocess_within(bytes, self.model.config.inputs.image_size, budget)
+            }
             other => Err(self.info.unsupported(other)),
         }
     }
@@ -361,9 +376,10 @@ impl Encoder for ImageBindEncoder {
         &self.info
     }
 
-    fn embed_batch(
+    fn embed_batch_within(
         &self,
         inputs: &[Input],
+        budget: &DecodeBudget,
     ) -> Result<Vec<Result<Vec<f32>, EmbedError>>, EmbedError> {
         let mut out: BatchSlots = (0..inputs.len()).map(|_| None).collect();
         let mut texts = Vec::new();
@@ -399,7 +415,8 @@ impl Encoder for ImageBindEncoder {
             }
             embed_in_parallel(
                 &items,
-                |b| self.preprocess(m, b),
+                budget,
+                |b, upload| self.preprocess_within(m, b, upload),
                 |x| Ok(self.embed_preprocessed(m, x)?.to_vec2::<f32>()?),
                 &mut out,
             )?;

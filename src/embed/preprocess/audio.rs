@@ -10,6 +10,10 @@
 //!   or truncated audio with a message saying which.
 //! - Resampling: [`resample`] is torchaudio's `functional.resample` (windowed-sinc, Hann window,
 //!   6 zero crossings, roll-off 0.99), computed from the same kernel formula.
+//! - Memory: a stream whose header states its exact length, rate and channels is decoded keeping
+//!   only the input samples its clips read ([`decode_clip_windows_within`]), bit-identical to
+//!   decoding it whole; others are decoded whole within the decode budget
+//!   ([`crate::embed::budget`]).
 //! - Clips: three 2-second clips starting at 0, (D-2)/3 and 2(D-2)/3 seconds of a D-second file
 //!   (pytorchvideo's `ConstantClipsPerVideoSampler` in exact rational arithmetic), cut at the end
 //!   of the file; each clip has its mean removed in place (the official code subtracts the mean
@@ -25,7 +29,7 @@ use std::sync::Arc;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::decoder_panicked;
-use crate::embed::EmbedError;
+use crate::embed::{EmbedError, Reservation, UploadBudget};
 use crate::guard::contain;
 
 /// The sample rate ImageBind's audio tower is trained on.
@@ -134,13 +138,82 @@ impl Waveform {
 /// with NaN or infinite samples [`EmbedError::InvalidInput`]; a file on which symphonia panics
 /// ([`crate::guard`]) is [`EmbedError::Decode`].
 pub fn decode_audio(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+    decode_audio_within(bytes, &UploadBudget::default()).map(|(wave, _)| wave)
+}
+
+/// [`decode_audio`] within a decode budget. Before the first packet is decoded, the memory of
+/// the samples the header declares (frames x channels, and their copies resampled to 16 kHz:
+/// [`decode_cost`]) is reserved in `budget`; a stream whose header gives no length reserves the
+/// per-decode limit. Samples are counted while decoding, and a stream that outgrows its
+/// reservation grows it or stops at the limit. The reservation is returned so that the caller
+/// holds it while it works on the samples.
+pub fn decode_audio_within<'b>(
+    bytes: &[u8],
+    budget: &'b UploadBudget,
+) -> Result<(Waveform, Reservation<'b>), EmbedError> {
     // The demuxing and decoding loop interleaves symphonia's calls with this module's checks, so
     // the whole of it runs under the guard.
-    contain(|| decode_audio_unguarded(bytes))
+    contain(|| decode_audio_unguarded(bytes, budget))
         .unwrap_or_else(|panic| Err(decoder_panicked(sniff(bytes), &panic)))
 }
 
-fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
+/// Bytes of decoding up to 1 MiB of symphonia's buffers, the filterbank and the clips.
+const AUDIO_OVERHEAD: u64 = 1 << 20;
+
+/// Most bytes [`preprocess`] holds for `frames` frames of `channels` channels at `rate` Hz from
+/// a file of `file_len` bytes: the file, the decoded f32 samples, their copies resampled to
+/// 16 kHz and the resampling filter.
+pub fn decode_cost(file_len: u64, frames: u64, channels: u64, rate: u32) -> u64 {
+    let rate = rate.max(1) as u64;
+    let resampled = if rate == SAMPLE_RATE as u64 {
+        0
+    } else {
+        (frames as u128 * SAMPLE_RATE as u128).div_ceil(rate as u128) as u64
+    };
+    let kernel = 4 * resample_kernel_len(rate.min(u32::MAX as u64) as u32, SAMPLE_RATE) as u64;
+    file_len
+        .saturating_add(
+            4u64.saturating_mul(channels)
+                .saturating_mul(frames.saturating_add(resampled)),
+        )
+        .saturating_add(kernel.min(4 * MAX_RESAMPLE_KERNEL as u64))
+        .saturating_add(AUDIO_OVERHEAD)
+}
+
+/// An opened audio stream: its demuxer and decoder, and what its header says.
+struct OpenedAudio<'s> {
+    reader: Box<dyn symphonia::core::formats::FormatReader + 's>,
+    decoder: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
+    track_id: u32,
+    /// Samples per channel the header states.
+    expected: Option<u64>,
+    /// Whether `expected` is exact (all but MP3 files without a LAME header).
+    exact_length: bool,
+    rate: Option<u32>,
+    channels: Option<u64>,
+    /// The container's name, for messages.
+    what: &'static str,
+}
+
+/// A symphonia error as an [`EmbedError`] about `what`.
+fn sym_error(what: &str, e: symphonia::core::errors::Error) -> EmbedError {
+    use symphonia::core::errors::Error as SymError;
+    match e {
+        SymError::Unsupported(f) => {
+            EmbedError::UnsupportedFormat(format!("{what}: unsupported feature: {f}"))
+        }
+        SymError::LimitError(l) => EmbedError::InvalidInput(format!("{what}: limit reached: {l}")),
+        SymError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            EmbedError::Decode(format!(
+                "{what}: file is truncated (unexpected end of data)"
+            ))
+        }
+        e => EmbedError::Decode(format!("{what}: {e}")),
+    }
+}
+
+/// Probes `bytes` and opens its default audio track's decoder, reading headers only.
+fn open_audio(bytes: &[u8]) -> Result<OpenedAudio<'_>, EmbedError> {
     use symphonia::core::codecs::audio::well_known::CODEC_ID_MP3;
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::codecs::CodecParameters;
@@ -155,23 +228,12 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     }
     check_wav_headers(bytes)?;
     let what = sniff(bytes);
-    let decode_err = |e: SymError| match e {
-        SymError::Unsupported(f) => {
-            EmbedError::UnsupportedFormat(format!("{what}: unsupported feature: {f}"))
-        }
-        SymError::LimitError(l) => EmbedError::InvalidInput(format!("{what}: limit reached: {l}")),
-        SymError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            EmbedError::Decode(format!(
-                "{what}: file is truncated (unexpected end of data)"
-            ))
-        }
-        e => EmbedError::Decode(format!("{what}: {e}")),
-    };
+    let decode_err = |e: SymError| sym_error(what, e);
     let mss = MediaSourceStream::new(
         Box::new(std::io::Cursor::new(bytes)),
         MediaSourceStreamOptions::default(),
     );
-    let mut reader = symphonia::default::get_probe()
+    let reader = symphonia::default::get_probe()
         .probe(
             &Hint::new(),
             mss,
@@ -197,7 +259,7 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
     if let Some(n) = expected.filter(|&n| n > MAX_SAMPLES as u64) {
         return Err(too_long(n));
     }
-    let mut decoder = symphonia::default::get_codecs()
+    let decoder = symphonia::default::get_codecs()
         .make_audio_decoder(params, &AudioDecoderOptions::default().gapless(true))
         .map_err(|e| match e {
             SymError::Unsupported(_) => EmbedError::UnsupportedFormat(format!(
@@ -205,7 +267,64 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
             )),
             e => decode_err(e),
         })?;
-    let mut sample_rate = params.sample_rate.unwrap_or(0);
+    let (rate, channels) = (
+        params.sample_rate,
+        params.channels.as_ref().map(|c| c.count() as u64),
+    );
+    Ok(OpenedAudio {
+        reader,
+        decoder,
+        track_id,
+        expected,
+        exact_length,
+        rate,
+        channels,
+        what,
+    })
+}
+
+fn decode_audio_unguarded<'b>(
+    bytes: &[u8],
+    budget: &'b UploadBudget,
+) -> Result<(Waveform, Reservation<'b>), EmbedError> {
+    let OpenedAudio {
+        mut reader,
+        mut decoder,
+        track_id,
+        expected,
+        exact_length,
+        rate: declared_rate,
+        channels: declared_channels,
+        what,
+    } = open_audio(bytes)?;
+    let decode_err = |e| sym_error(what, e);
+    let mut sample_rate = declared_rate.unwrap_or(0);
+    let file_len = bytes.len() as u64;
+    let mut held = match (expected, declared_channels, declared_rate) {
+        (Some(n), Some(c), Some(rate)) if c > 0 && rate > 0 => {
+            let need = decode_cost(file_len, n, c, rate);
+            // An estimated length (MP3 without a LAME header) gets room for the vectors to
+            // double past it, so that siblings in the upload cannot starve its growth.
+            let room = if exact_length {
+                need
+            } else {
+                decode_cost(file_len, 2 * n + 65_536, c, rate)
+                    .min(budget.limits().per_decode)
+                    .max(need)
+            };
+            budget.reserve(
+                room,
+                format_args!("{what} of {n} samples per channel, {c} channels at {rate} Hz"),
+            )?
+        }
+        // No length or layout in the header: count while decoding, up to the per-decode limit.
+        _ => budget.reserve(
+            budget.limits().per_decode,
+            format_args!("{what} of unstated length"),
+        )?,
+    };
+    // A stated exact length is allocated once rather than doubled as it grows.
+    let capacity = expected.filter(|_| exact_length).map_or(0, |n| n as usize);
     let mut channels: Vec<Vec<f32>> = Vec::new();
     loop {
         let packet = match reader.next_packet() {
@@ -228,7 +347,12 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
                 )));
             }
             sample_rate = rate;
-            channels = vec![Vec::new(); planes];
+            if decode_cost(file_len, capacity as u64, planes as u64, rate) > held.bytes() {
+                // The decoded layout has more channels than the header said.
+                let cost = decode_cost(file_len, expected.unwrap_or(0), planes as u64, rate);
+                held.grow_to(cost, format_args!("{what} of {planes} channels"))?;
+            }
+            channels = (0..planes).map(|_| Vec::with_capacity(capacity)).collect();
         } else if planes != channels.len() || rate != sample_rate {
             return Err(EmbedError::UnsupportedFormat(format!(
                 "{what}: channel count or sample rate changes within the stream"
@@ -237,6 +361,17 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
         let total = channels[0].len() + buf.frames();
         if total > MAX_SAMPLES {
             return Err(too_long(total as u64));
+        }
+        if total > channels[0].capacity() {
+            // Growing doubles the vectors: count what they will hold before they do.
+            let grown = (total as u64).max(2 * channels[0].capacity() as u64);
+            let cost = decode_cost(file_len, grown, channels.len() as u64, sample_rate);
+            if cost > held.bytes() {
+                held.grow_to(
+                    cost,
+                    format_args!("{what} of more than {total} samples per channel"),
+                )?;
+            }
         }
         append_planes(&buf, &mut channels);
     }
@@ -257,16 +392,34 @@ fn decode_audio_unguarded(bytes: &[u8]) -> Result<Waveform, EmbedError> {
             i % frames
         )));
     }
-    Ok(Waveform {
-        sample_rate,
-        channels,
-    })
+    Ok((
+        Waveform {
+            sample_rate,
+            channels,
+        },
+        held,
+    ))
 }
 
 fn too_long(frames: u64) -> EmbedError {
     EmbedError::InvalidInput(format!(
         "audio of {frames} samples per channel exceeds the limit of {MAX_SAMPLES}"
     ))
+}
+
+/// Whether `bytes` start with an MPEG audio layer III frame header: the 11-bit sync word, a
+/// defined MPEG version, layer III, a bit rate other than "free" or "bad" and a defined sample
+/// rate. Only the sync word is not enough: `FF FE` also begins every UTF-16 text (its byte
+/// order mark), which is not audio at all.
+pub fn is_mp3_frame_header(bytes: &[u8]) -> bool {
+    let [0xff, b1, b2, ..] = *bytes else {
+        return false;
+    };
+    let version = (b1 >> 3) & 0b11;
+    let layer = (b1 >> 1) & 0b11;
+    let bitrate = b2 >> 4;
+    let rate = (b2 >> 2) & 0b11;
+    b1 & 0xe0 == 0xe0 && version != 0b01 && layer == 0b01 && !matches!(bitrate, 0 | 15) && rate != 3
 }
 
 /// A name for the container, from its first bytes, for messages.
@@ -277,9 +430,7 @@ fn sniff(bytes: &[u8]) -> &'static str {
         "FLAC"
     } else if bytes.starts_with(b"OggS") {
         "Ogg"
-    } else if bytes.starts_with(b"ID3")
-        || (bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0)
-    {
+    } else if bytes.starts_with(b"ID3") || is_mp3_frame_header(bytes) {
         "MP3"
     } else {
         "audio of an unrecognised format"
@@ -292,15 +443,25 @@ fn append_planes(
     buf: &symphonia::core::audio::GenericAudioBufferRef<'_>,
     channels: &mut [Vec<f32>],
 ) {
+    append_plane_range(buf, channels, 0..buf.frames());
+}
+
+/// [`append_planes`] for the frames `range` of the buffer only.
+fn append_plane_range(
+    buf: &symphonia::core::audio::GenericAudioBufferRef<'_>,
+    channels: &mut [Vec<f32>],
+    range: std::ops::Range<usize>,
+) {
     use symphonia::core::audio::sample::Sample;
     use symphonia::core::audio::{Audio, GenericAudioBufferRef as B};
-    fn push<S: Sample>(
+    fn push_range<S: Sample>(
         planes: symphonia::core::audio::AudioPlanes<'_, S>,
         channels: &mut [Vec<f32>],
+        range: std::ops::Range<usize>,
         f: impl Fn(S) -> f32,
     ) {
         for (plane, out) in planes.zip(channels.iter_mut()) {
-            out.extend(plane.iter().map(|&s| f(s)));
+            out.extend(plane[range.clone()].iter().map(|&s| f(s)));
         }
     }
     const S8: f64 = (1u64 << 7) as f64;
@@ -308,24 +469,32 @@ fn append_planes(
     const S24: f64 = (1u64 << 23) as f64;
     const S32: f64 = (1u64 << 31) as f64;
     match buf {
-        B::U8(b) => push(b.iter_planes(), channels, |s| ((s as f64 - S8) / S8) as f32),
-        B::U16(b) => push(b.iter_planes(), channels, |s| {
+        B::U8(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
+            ((s as f64 - S8) / S8) as f32
+        }),
+        B::U16(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
             ((s as f64 - S16) / S16) as f32
         }),
-        B::U24(b) => push(b.iter_planes(), channels, |s| {
+        B::U24(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
             ((s.inner() as f64 - S24) / S24) as f32
         }),
-        B::U32(b) => push(b.iter_planes(), channels, |s| {
+        B::U32(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
             ((s as f64 - S32) / S32) as f32
         }),
-        B::S8(b) => push(b.iter_planes(), channels, |s| (s as f64 / S8) as f32),
-        B::S16(b) => push(b.iter_planes(), channels, |s| (s as f64 / S16) as f32),
-        B::S24(b) => push(b.iter_planes(), channels, |s| {
+        B::S8(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
+            (s as f64 / S8) as f32
+        }),
+        B::S16(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
+            (s as f64 / S16) as f32
+        }),
+        B::S24(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
             (s.inner() as f64 / S24) as f32
         }),
-        B::S32(b) => push(b.iter_planes(), channels, |s| (s as f64 / S32) as f32),
-        B::F32(b) => push(b.iter_planes(), channels, |s| s),
-        B::F64(b) => push(b.iter_planes(), channels, |s| s as f32),
+        B::S32(b) => push_range(b.iter_planes(), channels, range.clone(), |s| {
+            (s as f64 / S32) as f32
+        }),
+        B::F32(b) => push_range(b.iter_planes(), channels, range.clone(), |s| s),
+        B::F64(b) => push_range(b.iter_planes(), channels, range.clone(), |s| s as f32),
     }
 }
 
@@ -390,48 +559,80 @@ pub fn resample(x: &[f32], orig: u32, new: u32) -> Vec<f32> {
     if orig == new || x.is_empty() {
         return x.to_vec();
     }
-    let ResampleGeometry {
-        of,
-        nf,
-        width,
-        taps,
-        base,
-    } = ResampleGeometry::new(orig, new);
-    let lowpass = LOWPASS_WIDTH;
-    let mut kernel = vec![0f32; nf * taps];
-    for p in 0..nf {
-        // torch.arange(0, -new, -1) / new: an int64 tensor divided in float32.
-        let phase = (-(p as f32) / nf as f32) as f64;
-        for (j, k) in kernel[p * taps..(p + 1) * taps].iter_mut().enumerate() {
-            let idx = (j as f64 - width as f64) / of as f64;
-            let t = ((phase + idx) * base).clamp(-lowpass, lowpass);
-            let window = (t * std::f64::consts::PI / lowpass / 2.0).cos().powi(2);
-            let t = t * std::f64::consts::PI;
-            let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
-            *k = (sinc * (window * (base / of as f64))) as f32;
-        }
-    }
+    let r = Resampler::new(orig, new);
     let len = x.len();
-    let target = (nf as u128 * len as u128).div_ceil(of as u128) as usize;
-    // Input padded with `width` zeros on the left and `width + of` on the right.
-    let at = |i: isize| -> f64 {
-        if i < 0 || i as usize >= len {
-            0.0
-        } else {
-            x[i as usize] as f64
-        }
-    };
-    (0..target)
-        .map(|o| {
-            let (block, p) = (o / nf, o % nf);
-            let start = (block * of) as isize - width as isize;
-            let k = &kernel[p * taps..(p + 1) * taps];
-            k.iter()
-                .enumerate()
-                .map(|(j, &w)| w as f64 * at(start + j as isize))
-                .sum::<f64>() as f32
-        })
+    (0..r.output_len(len))
+        .map(|o| r.output_of(o, len, |i| x[i]))
         .collect()
+}
+
+/// [`resample`]'s kernel, and its outputs one at a time: a window of the output is computed
+/// from the input samples around it only, bit for bit as the whole.
+struct Resampler {
+    geometry: ResampleGeometry,
+    kernel: Vec<f32>,
+}
+
+impl Resampler {
+    fn new(orig: u32, new: u32) -> Self {
+        let geometry = ResampleGeometry::new(orig, new);
+        let ResampleGeometry {
+            of,
+            nf,
+            width,
+            taps,
+            base,
+        } = geometry;
+        let lowpass = LOWPASS_WIDTH;
+        let mut kernel = vec![0f32; nf * taps];
+        for p in 0..nf {
+            // torch.arange(0, -new, -1) / new: an int64 tensor divided in float32.
+            let phase = (-(p as f32) / nf as f32) as f64;
+            for (j, k) in kernel[p * taps..(p + 1) * taps].iter_mut().enumerate() {
+                let idx = (j as f64 - width as f64) / of as f64;
+                let t = ((phase + idx) * base).clamp(-lowpass, lowpass);
+                let window = (t * std::f64::consts::PI / lowpass / 2.0).cos().powi(2);
+                let t = t * std::f64::consts::PI;
+                let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+                *k = (sinc * (window * (base / of as f64))) as f32;
+            }
+        }
+        Self { geometry, kernel }
+    }
+
+    /// Output samples for `len` input samples.
+    fn output_len(&self, len: usize) -> usize {
+        let g = &self.geometry;
+        (g.nf as u128 * len as u128).div_ceil(g.of as u128) as usize
+    }
+
+    /// The input samples output `o` reads, `start..end` (may reach past either end of the input,
+    /// where the input is zero).
+    fn input_span(&self, o: usize) -> (isize, isize) {
+        let g = &self.geometry;
+        let start = ((o / g.nf) * g.of) as isize - g.width as isize;
+        (start, start + g.taps as isize)
+    }
+
+    /// Output sample `o` of an input of `len` samples, read through `x` (called for indexes in
+    /// `0..len` only, as the input is padded with zeros on both sides).
+    fn output_of(&self, o: usize, len: usize, x: impl Fn(usize) -> f32) -> f32 {
+        let g = &self.geometry;
+        let (start, _) = self.input_span(o);
+        let k = &self.kernel[(o % g.nf) * g.taps..(o % g.nf + 1) * g.taps];
+        k.iter()
+            .enumerate()
+            .map(|(j, &w)| {
+                let i = start + j as isize;
+                let v = if i < 0 || i as usize >= len {
+                    0.0
+                } else {
+                    x(i as usize) as f64
+                };
+                w as f64 * v
+            })
+            .sum::<f64>() as f32
+    }
 }
 
 /// Start samples of the `clips` clips of `clip_secs` seconds that pytorchvideo's
@@ -654,29 +855,46 @@ pub fn clip_fbanks(
             wave.sample_rate
         )));
     }
-    let mut chans: Vec<Vec<f32>> = wave
+    let chans: Vec<Vec<f32>> = wave
         .channels
         .iter()
         .map(|c| resample(c, wave.sample_rate, SAMPLE_RATE))
         .collect();
     let len = chans[0].len();
-    let clip_len = cfg.clip_secs as usize * SAMPLE_RATE as usize;
+    fbanks_of_segments(len, vec![Segment { start: 0, chans }], fbank, cfg)
+}
+
+/// Resampled samples of every channel from 16 kHz index `start` on: the whole waveform, or
+/// one window of it holding whole clips.
+pub struct Segment {
+    start: usize,
+    chans: Vec<Vec<f32>>,
+}
+
+/// [`clip_fbanks`] of a 16 kHz waveform of `len` samples per channel of which `segments` hold
+/// at least every clip's samples (the whole of it, or the clips' windows only).
+fn fbanks_of_segments(
+    len: usize,
+    mut segments: Vec<Segment>,
+    fbank: &Fbank,
+    cfg: &AudioPreprocessConfig,
+) -> Result<ClipFbanks, EmbedError> {
     let mut out = Vec::with_capacity(cfg.clips);
     let mut ranges = Vec::with_capacity(cfg.clips);
-    for start in clip_starts(len, SAMPLE_RATE, cfg.clip_secs, cfg.clips) {
-        let end = (start + clip_len).min(len);
-        let start = start.min(end);
+    for (start, end) in clip_ranges(len, cfg) {
+        let seg = segments
+            .iter_mut()
+            .find(|s| s.start <= start && end <= s.start + s.chans[0].len())
+            .ok_or_else(|| EmbedError::Decode(format!("audio clip {start}..{end} was not kept")))?;
+        let chans = &mut seg.chans;
+        let (a, b) = (start - seg.start, end - seg.start);
         let n = (end - start) * chans.len();
-        let sum: f64 = chans
-            .iter()
-            .flat_map(|c| &c[start..end])
-            .map(|&v| v as f64)
-            .sum();
+        let sum: f64 = chans.iter().flat_map(|c| &c[a..b]).map(|&v| v as f64).sum();
         let mean = (sum / n.max(1) as f64) as f32;
         for c in chans.iter_mut() {
-            c[start..end].iter_mut().for_each(|v| *v -= mean);
+            c[a..b].iter_mut().for_each(|v| *v -= mean);
         }
-        let frames = fbank.compute(&chans[0][start..end]);
+        let frames = fbank.compute(&chans[0][a..b]);
         if frames.is_empty() {
             return Err(EmbedError::InvalidInput(format!(
                 "audio clip of {} samples is shorter than one 25 ms window",
@@ -696,6 +914,139 @@ pub fn clip_fbanks(
     Ok((out, ranges))
 }
 
+/// The 16 kHz sample ranges of the clips of a waveform of `len` samples per channel.
+fn clip_ranges(len: usize, cfg: &AudioPreprocessConfig) -> Vec<(usize, usize)> {
+    let clip_len = cfg.clip_secs as usize * SAMPLE_RATE as usize;
+    clip_starts(len, SAMPLE_RATE, cfg.clip_secs, cfg.clips)
+        .into_iter()
+        .map(|start| {
+            let end = (start + clip_len).min(len);
+            (start.min(end), end)
+        })
+        .collect()
+}
+
+/// Which samples the clips of a stream read: the rest is decoded, checked and dropped.
+struct ClipPlan {
+    /// Samples per channel of the stream, and of its 16 kHz version.
+    frames: usize,
+    len: usize,
+    /// The clips' 16 kHz ranges, overlapping ones merged, in order.
+    outputs: Vec<std::ops::Range<usize>>,
+    /// The input samples those read (the resampling filter's reach included), merged, in order.
+    inputs: Vec<std::ops::Range<usize>>,
+    resampler: Option<Resampler>,
+}
+
+/// Merges overlapping or touching ranges of a sorted list.
+fn merge_ranges(
+    ranges: impl IntoIterator<Item = std::ops::Range<usize>>,
+) -> Vec<std::ops::Range<usize>> {
+    let mut merged: Vec<std::ops::Range<usize>> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+impl ClipPlan {
+    /// The plan for `frames` samples per channel at `rate` Hz, or `None` when the rate cannot
+    /// be resampled (left to [`clip_fbanks`] to refuse).
+    fn new(frames: usize, rate: u32, cfg: &AudioPreprocessConfig) -> Option<Self> {
+        if frames == 0 || rate == 0 || resample_kernel_len(rate, SAMPLE_RATE) > MAX_RESAMPLE_KERNEL
+        {
+            return None;
+        }
+        let resampler = (rate != SAMPLE_RATE).then(|| Resampler::new(rate, SAMPLE_RATE));
+        let len = resampler.as_ref().map_or(frames, |r| r.output_len(frames));
+        let mut clips = clip_ranges(len, cfg);
+        clips.sort_unstable();
+        let outputs = merge_ranges(clips.into_iter().map(|(a, b)| a..b));
+        let inputs = merge_ranges(outputs.iter().filter(|o| !o.is_empty()).map(|o| {
+            let (lo, hi) = match &resampler {
+                None => (o.start as isize, o.end as isize),
+                Some(r) => (r.input_span(o.start).0, r.input_span(o.end - 1).1),
+            };
+            (lo.max(0) as usize).min(frames)..(hi.max(0) as usize).min(frames)
+        }));
+        Some(Self {
+            frames,
+            len,
+            outputs,
+            inputs,
+            resampler,
+        })
+    }
+
+    /// Samples held per channel: the kept input and the resampled windows.
+    fn samples(&self) -> u64 {
+        let kept: usize = self.inputs.iter().map(|r| r.len()).sum();
+        let resampled: usize = self.outputs.iter().map(|r| r.len()).sum();
+        (kept + resampled) as u64
+    }
+
+    /// The clips' windows resampled from the kept input (`kept[i]`: every channel's samples of
+    /// `inputs[i]`).
+    fn resample(&self, kept: &[Vec<Vec<f32>>]) -> Vec<Segment> {
+        self.outputs
+            .iter()
+            .map(|o| {
+                let chans = match &self.resampler {
+                    None => {
+                        let i = self
+                            .inputs
+                            .iter()
+                            .position(|r| r.start <= o.start && o.end <= r.end);
+                        let (r, k) = match i {
+                            Some(i) => (&self.inputs[i], &kept[i]),
+                            // An empty window.
+                            None => {
+                                return Segment {
+                                    start: o.start,
+                                    chans: vec![Vec::new(); kept.first().map_or(1, Vec::len)],
+                                }
+                            }
+                        };
+                        k.iter()
+                            .map(|c| c[o.start - r.start..o.end - r.start].to_vec())
+                            .collect()
+                    }
+                    Some(rs) => {
+                        let span = (rs.input_span(o.start).0.max(0) as usize).min(self.frames);
+                        let i = self
+                            .inputs
+                            .iter()
+                            .position(|r| r.start <= span && span <= r.end);
+                        match i {
+                            Some(i) if !o.is_empty() => {
+                                let r = &self.inputs[i];
+                                kept[i]
+                                    .iter()
+                                    .map(|c| {
+                                        o.clone()
+                                            .map(|t| {
+                                                rs.output_of(t, self.frames, |x| c[x - r.start])
+                                            })
+                                            .collect()
+                                    })
+                                    .collect()
+                            }
+                            _ => vec![Vec::new(); kept.first().map_or(1, Vec::len)],
+                        }
+                    }
+                };
+                Segment {
+                    start: o.start,
+                    chans,
+                }
+            })
+            .collect()
+    }
+}
+
 /// (x - mean) / std in f32, as torchvision's `Normalize` on the filterbank.
 pub fn normalize_fbank(m: &mut [f32]) {
     m.iter_mut()
@@ -709,11 +1060,153 @@ pub fn preprocess(
     fbank: &Fbank,
     cfg: &AudioPreprocessConfig,
 ) -> Result<Vec<f32>, EmbedError> {
-    let wave = decode_audio(bytes)?;
-    let (clips, _) = clip_fbanks(&wave, fbank, cfg)?;
+    preprocess_within(bytes, fbank, cfg, &UploadBudget::default())
+}
+
+/// [`preprocess`] within a decode budget. A stream whose header states its exact length, rate
+/// and channels is decoded keeping only the samples its clips read
+/// ([`decode_clip_windows_within`]: a few seconds, however long the file); others are decoded
+/// whole within the budget ([`decode_audio_within`]). Both give the same filterbanks, bit for
+/// bit. The reservation is held until the filterbanks are computed.
+pub fn preprocess_within(
+    bytes: &[u8],
+    fbank: &Fbank,
+    cfg: &AudioPreprocessConfig,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
+    let (clips, _) = match decode_clip_windows_within(bytes, cfg, budget)? {
+        Some((len, segments, _held)) => fbanks_of_segments(len, segments, fbank, cfg)?,
+        None => {
+            let (wave, _held) = decode_audio_within(bytes, budget)?;
+            clip_fbanks(&wave, fbank, cfg)?
+        }
+    };
     let mut out = clips.concat();
     normalize_fbank(&mut out);
     Ok(out)
+}
+
+/// The 16 kHz length of `bytes`' audio and the windows of it that the clips of `cfg` read
+/// (every channel, resampled), decoding the stream once and keeping only the input samples
+/// those windows need: memory of a few seconds of audio, not of the whole file. Every sample is
+/// still decoded and checked as [`decode_audio`] does. `None` when the header does not state
+/// an exact length, rate and channel count, or when the stream turns out to differ from its
+/// header (longer, other channels or rate): the caller then decodes it whole.
+pub fn decode_clip_windows_within<'b>(
+    bytes: &[u8],
+    cfg: &AudioPreprocessConfig,
+    budget: &'b UploadBudget,
+) -> Result<Option<(usize, Vec<Segment>, Reservation<'b>)>, EmbedError> {
+    contain(|| decode_clip_windows_unguarded(bytes, cfg, budget))
+        .unwrap_or_else(|panic| Err(decoder_panicked(sniff(bytes), &panic)))
+}
+
+fn decode_clip_windows_unguarded<'b>(
+    bytes: &[u8],
+    cfg: &AudioPreprocessConfig,
+    budget: &'b UploadBudget,
+) -> Result<Option<(usize, Vec<Segment>, Reservation<'b>)>, EmbedError> {
+    let OpenedAudio {
+        mut reader,
+        mut decoder,
+        track_id,
+        expected,
+        exact_length,
+        rate,
+        channels,
+        what,
+    } = open_audio(bytes)?;
+    let (Some(n), Some(c), Some(rate), true) = (expected, channels, rate, exact_length) else {
+        return Ok(None);
+    };
+    let (n, c) = (n as usize, c as usize);
+    let Some(plan) = (c > 0).then(|| ClipPlan::new(n, rate, cfg)).flatten() else {
+        return Ok(None);
+    };
+    let kernel = 4 * resample_kernel_len(rate, SAMPLE_RATE) as u64;
+    let cost = (bytes.len() as u64)
+        .saturating_add(4 * c as u64 * plan.samples())
+        .saturating_add(kernel)
+        .saturating_add(AUDIO_OVERHEAD);
+    let held = budget.reserve(
+        cost,
+        format_args!("{what} of {n} samples per channel, {c} channels at {rate} Hz"),
+    )?;
+    let mut kept: Vec<Vec<Vec<f32>>> = plan
+        .inputs
+        .iter()
+        .map(|r| (0..c).map(|_| Vec::with_capacity(r.len())).collect())
+        .collect();
+    // The first non-finite sample, as (channel, sample), the lowest channel first.
+    let mut bad: Option<(usize, usize)> = None;
+    let mut pos = 0usize;
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => return Err(sym_error(what, e)),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let buf = decoder.decode(&packet).map_err(|e| sym_error(what, e))?;
+        let frames = buf.frames();
+        if frames == 0 {
+            continue;
+        }
+        if buf.num_planes() != c || buf.spec().rate() != rate || pos + frames > n {
+            // Not the stream its header describes: decoded whole instead.
+            return Ok(None);
+        }
+        for (r, k) in plan.inputs.iter().zip(kept.iter_mut()) {
+            let (lo, hi) = (r.start.max(pos), r.end.min(pos + frames));
+            if lo < hi {
+                append_plane_range(&buf, k, lo - pos..hi - pos);
+            }
+        }
+        if let Some((ch, i)) = first_non_finite(&buf) {
+            let found = (ch, pos + i);
+            bad = Some(bad.map_or(found, |b| b.min(found)));
+        }
+        pos += frames;
+    }
+    if pos == 0 {
+        return Err(EmbedError::InvalidInput(format!(
+            "{what} contains no audio samples"
+        )));
+    }
+    if pos < n {
+        return Err(EmbedError::Decode(format!(
+            "{what}: file is truncated ({pos} of {n} samples per channel decoded)"
+        )));
+    }
+    if let Some((_, i)) = bad {
+        return Err(EmbedError::InvalidInput(format!(
+            "{what} contains NaN or infinite samples (first at sample {i})"
+        )));
+    }
+    Ok(Some((plan.len, plan.resample(&kept), held)))
+}
+
+/// The first NaN or infinite sample of a decoded buffer, as (plane, frame): the lowest plane
+/// first. Integer samples are always finite.
+fn first_non_finite(
+    buf: &symphonia::core::audio::GenericAudioBufferRef<'_>,
+) -> Option<(usize, usize)> {
+    use symphonia::core::audio::{Audio, GenericAudioBufferRef as B};
+    match buf {
+        B::F32(b) => b
+            .iter_planes()
+            .enumerate()
+            .find_map(|(c, p)| p.iter().position(|v| !v.is_finite()).map(|i| (c, i))),
+        // Checked as the f32 it becomes, as [`decode_audio`] does.
+        B::F64(b) => b.iter_planes().enumerate().find_map(|(c, p)| {
+            p.iter()
+                .position(|&v| !(v as f32).is_finite())
+                .map(|i| (c, i))
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -763,6 +1256,225 @@ mod tests {
             channels: vec![vec![0.1; 300]],
         };
         assert!(clip_fbanks(&w, &fb, &AudioPreprocessConfig::default()).is_err());
+    }
+
+    /// Bytes starting `FF FE 00` (a UTF-16 byte order mark) were called MP3 in the refusal.
+    #[test]
+    fn only_a_layer_iii_frame_header_is_called_mp3() {
+        assert!(is_mp3_frame_header(&[0xff, 0xfb, 0x90, 0x64])); // MPEG-1 layer III, 128 kb/s
+        assert!(is_mp3_frame_header(&[0xff, 0xf3, 0x48, 0xc4])); // MPEG-2 layer III
+        for b in [
+            &[0xff, 0xfe, 0x00, 0x00][..], // UTF-16 LE BOM: layer I, free bit rate
+            &[0xff, 0xfd, 0x90, 0x64],     // layer II
+            &[0xff, 0xfb, 0xf0, 0x64],     // bad bit rate
+            &[0xff, 0xfb, 0x9c, 0x64],     // reserved sample rate
+            &[0xff, 0xeb, 0x90, 0x64],     // reserved MPEG version
+            &[0xff, 0xfb],
+        ] {
+            assert!(!is_mp3_frame_header(b), "{b:02x?}");
+        }
+        let mut utf16 = vec![0xff, 0xfe];
+        utf16.extend("a dog".encode_utf16().flat_map(u16::to_le_bytes));
+        utf16.extend([0u8; 64]);
+        let e = decode_audio(&utf16).unwrap_err().to_string();
+        assert!(
+            e.contains("audio of an unrecognised format") && !e.contains("MP3:"),
+            "{e}"
+        );
+    }
+
+    /// A FLAC stream of `channels` channels of 16-bit silence at 44.1 kHz whose STREAMINFO
+    /// claims `claimed` samples per channel, followed by `blocks` frames of 4096 samples
+    /// (CONSTANT subframes: three bytes per channel). Twenty minutes of eight channels take
+    /// about 440 KB, as in the review.
+    fn flac_silence(channels: u8, claimed: u64, blocks: u32) -> Vec<u8> {
+        fn crc8(data: &[u8]) -> u8 {
+            data.iter().fold(0u8, |mut c, &b| {
+                c ^= b;
+                for _ in 0..8 {
+                    c = if c & 0x80 != 0 {
+                        (c << 1) ^ 0x07
+                    } else {
+                        c << 1
+                    };
+                }
+                c
+            })
+        }
+        fn crc16(data: &[u8]) -> u16 {
+            data.iter().fold(0u16, |mut c, &b| {
+                c ^= (b as u16) << 8;
+                for _ in 0..8 {
+                    c = if c & 0x8000 != 0 {
+                        (c << 1) ^ 0x8005
+                    } else {
+                        c << 1
+                    };
+                }
+                c
+            })
+        }
+        let mut f = b"fLaC".to_vec();
+        f.extend_from_slice(&[0x80, 0, 0, 34]); // last block, STREAMINFO, 34 bytes
+        f.extend_from_slice(&4096u16.to_be_bytes());
+        f.extend_from_slice(&4096u16.to_be_bytes());
+        f.extend_from_slice(&[0; 6]); // frame sizes unknown
+                                      // 20 bits rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits frames.
+        let packed: u64 = (44_100u64 << 44)
+            | (((channels - 1) as u64) << 41)
+            | (15u64 << 36)
+            | (claimed & ((1 << 36) - 1));
+        f.extend_from_slice(&packed.to_be_bytes());
+        f.extend_from_slice(&[0; 16]); // MD5 unknown
+        for n in 0..blocks {
+            // Block size 4096, 44.1 kHz, `channels` independent channels, 16 bits; the frame
+            // number in UTF-8 coding (all numbers here fit three bytes).
+            let mut frame = vec![0xff, 0xf8, 0xc9, ((channels - 1) << 4) | 0x08];
+            if n < 0x80 {
+                frame.push(n as u8);
+            } else if n < 0x800 {
+                frame.extend_from_slice(&[0xc0 | (n >> 6) as u8, 0x80 | (n & 0x3f) as u8]);
+            } else {
+                let (hi, mid, lo) = ((n >> 12) as u8, (n >> 6 & 0x3f) as u8, (n & 0x3f) as u8);
+                frame.extend_from_slice(&[0xe0 | hi, 0x80 | mid, 0x80 | lo]);
+            }
+            frame.push(crc8(&frame));
+            frame.extend(std::iter::repeat_n(0u8, 3 * channels as usize));
+            let crc = crc16(&frame);
+            f.extend_from_slice(&frame);
+            f.extend_from_slice(&crc.to_be_bytes());
+        }
+        f
+    }
+
+    /// Weakness found in review: a 431 KB FLAC of 8 channels and 20 minutes grew the server by
+    /// 2.4 GB. What the samples (and their 16 kHz copies) need is computed from the header and
+    /// refused before the first packet is decoded.
+    #[test]
+    fn audio_decoding_past_the_budget_is_refused_from_the_header() {
+        let budget = UploadBudget::default();
+        // The generated stream is valid FLAC: when it claims what it holds, it decodes.
+        let (wave, _) = decode_audio_within(&flac_silence(8, 2 * 4096, 2), &budget).unwrap();
+        assert_eq!((wave.channels.len(), wave.len()), (8, 2 * 4096));
+        let frames = 20 * 60 * 44_100;
+        let e = decode_audio_within(&flac_silence(8, frames, 2), &budget).unwrap_err();
+        assert!(
+            matches!(&e, EmbedError::InvalidInput(m)
+                if m.contains("8 channels") && m.contains("over the limit of 512 MiB")),
+            "{e}"
+        );
+        // A 16-bit mono WAV claiming 150 million samples (under the length limit, but 800 MB
+        // with its 16 kHz copy): refused from the header as well.
+        let mut w = pcm_wav(48_000, 16);
+        w[4..8].copy_from_slice(&(36 + 300_000_000u32).to_le_bytes());
+        w[40..44].copy_from_slice(&300_000_000u32.to_le_bytes());
+        let e = decode_audio_within(&w, &budget).unwrap_err();
+        assert!(
+            matches!(&e, EmbedError::InvalidInput(m) if m.contains("over the limit")),
+            "{e}"
+        );
+        assert!(decode_cost(0, frames, 8, 44_100) > 2 << 30);
+        // A short clip fits, and its reservation is given back.
+        let (wave, held) = decode_audio_within(&pcm_wav(22_050, 1600), &budget).unwrap();
+        assert_eq!(wave.len(), 1600);
+        assert!(held.bytes() < 2 << 20, "{}", held.bytes());
+    }
+
+    /// A 16-bit PCM WAV of `channels` channels (each its own tone and level) of `n` samples
+    /// at `rate` Hz.
+    fn multichannel_wav(rate: u32, channels: u16, n: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                (0..channels).flat_map(move |c| {
+                    let x = (i as f32 * 0.013 * (c + 1) as f32).sin() * (2000.0 + 900.0 * c as f32);
+                    ((x + 300.0 * c as f32) as i16).to_le_bytes()
+                })
+            })
+            .collect();
+        let block = 2 * channels;
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        out.extend_from_slice(&channels.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate * block as u32).to_le_bytes());
+        out.extend_from_slice(&block.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// Decoding only the clips' windows gives the filterbanks of the whole waveform bit for
+    /// bit: resampled or not, clips apart or overlapping (each clip's mean removed from every
+    /// channel, the next clip seeing it), several channels.
+    #[test]
+    fn clip_windows_give_the_whole_waveforms_filterbanks_bit_for_bit() {
+        let fb = Fbank::new(SAMPLE_RATE, 128).unwrap();
+        let cfg = AudioPreprocessConfig::default();
+        let budget = UploadBudget::default();
+        for (rate, channels, secs) in [
+            (44_100, 3, 9.5),
+            (16_000, 2, 10.0),
+            (22_050, 2, 3.1),
+            (48_000, 1, 0.7),
+        ] {
+            let n = (rate as f64 * secs) as usize;
+            let wav = multichannel_wav(rate, channels, n);
+            let (len, segments, held) = decode_clip_windows_within(&wav, &cfg, &budget)
+                .unwrap()
+                .expect("a WAV states its length");
+            let windows = fbanks_of_segments(len, segments, &fb, &cfg).unwrap();
+            drop(held);
+            let whole = clip_fbanks(&decode_audio(&wav).unwrap(), &fb, &cfg).unwrap();
+            assert_eq!(windows.1, whole.1, "{rate} Hz x {channels}");
+            assert!(
+                windows.0.iter().flatten().map(|v| v.to_bits()).eq(whole
+                    .0
+                    .iter()
+                    .flatten()
+                    .map(|v| v.to_bits())),
+                "{rate} Hz x {channels}: filterbanks differ"
+            );
+        }
+        assert_eq!(budget.limits().per_decode, 512 << 20);
+    }
+
+    /// Weakness found in review: a 431 KB FLAC of 8 channels and 20 minutes decoded to 2.4 GB.
+    /// Its clips read six seconds: decoded keeping only those, it is embedded within a budget
+    /// of 16 MiB per file (decoded whole, it needs more than a gigabyte).
+    #[test]
+    fn a_long_multichannel_file_is_embedded_keeping_only_its_clips() {
+        let fb = Fbank::new(SAMPLE_RATE, 128).unwrap();
+        let cfg = AudioPreprocessConfig::default();
+        let frames = 20 * 60 * 44_100 / 4096;
+        let flac = flac_silence(8, frames as u64 * 4096, frames);
+        assert!(flac.len() < 500_000, "{}", flac.len());
+        let mib = 1 << 20;
+        let budget = crate::embed::DecodeBudget::new(crate::embed::DecodeLimits {
+            per_decode: 16 * mib,
+            per_upload: 16 * mib,
+            process: 16 * mib,
+            wait: std::time::Duration::from_millis(10),
+        })
+        .upload();
+        let out = preprocess_within(&flac, &fb, &cfg, &budget).unwrap();
+        assert_eq!(out.len(), cfg.clips * 128 * cfg.target_len);
+        // The same file decoded whole does not fit.
+        assert!(matches!(
+            decode_audio_within(&flac, &budget),
+            Err(EmbedError::InvalidInput(_))
+        ));
+        // A stream that is not what its header says (shorter) is still refused as truncated.
+        let short = flac_silence(8, 3 * 4096, 2);
+        let e = preprocess_within(&short, &fb, &cfg, &budget).unwrap_err();
+        assert!(
+            matches!(&e, EmbedError::Decode(m) if m.contains("truncated")),
+            "{e}"
+        );
     }
 
     /// A 16-bit mono PCM WAV of `n` samples at `rate` Hz.

@@ -24,9 +24,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::decoder_panicked;
-use super::map::{resize_and_centre_crop, Map};
-use super::npy::read_npy;
-use crate::embed::EmbedError;
+use super::image::read_header_as;
+use super::map::{resize_and_centre_crop, resize_cost, Map};
+use super::npy::{declared_values, decode_cost as decode_npy_cost, read_npy};
+use crate::embed::{EmbedError, UploadBudget};
 use crate::guard::contain;
 
 /// Size of the square the official towers take (a model's `inputs.image_size`).
@@ -139,6 +140,47 @@ pub fn to_disparity(metres: &Map, cfg: &DepthConfig) -> Map {
         })
         .collect();
     Map::new(data, metres.height, metres.width)
+}
+
+/// Most bytes [`preprocess`] holds for these depth bytes, the file included, from the PNG or
+/// `.npy` header (the decoded samples, the map in metres and its disparity, the resize).
+pub fn decode_cost(bytes: &[u8], size: usize) -> Result<(u64, String), EmbedError> {
+    if bytes.starts_with(b"\x93NUMPY") {
+        let values = declared_values(bytes).unwrap_or(bytes.len() as u64);
+        let side = (values as f64).sqrt() as u64;
+        let what = format!("depth .npy of {values} values");
+        return Ok((
+            decode_npy_cost(bytes) + 4 * values + resize_cost(side, side, size as u64),
+            what,
+        ));
+    }
+    if !bytes.starts_with(b"\x89PNG") {
+        return Err(EmbedError::UnsupportedFormat(
+            "depth must be a 16-bit PNG (millimetres) or a .npy array (metres)".into(),
+        ));
+    }
+    let header = read_header_as(bytes, image::ImageFormat::Png)
+        .map_err(|e| EmbedError::Decode(format!("depth PNG: {e}")))?;
+    let (h, w) = (header.height as u64, header.width as u64);
+    let px = header.pixels();
+    let cost = bytes.len() as u64
+        + px * header.color.bytes_per_pixel() as u64
+        + 2 * 4 * px
+        + resize_cost(h, w, size as u64);
+    Ok((cost, format!("depth PNG of {w}x{h} pixels")))
+}
+
+/// [`preprocess`] within a decode budget: the memory the header says it needs is reserved in
+/// `budget` before the map is decoded.
+pub fn preprocess_within(
+    bytes: &[u8],
+    cfg: &DepthConfig,
+    size: usize,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
+    let (cost, what) = decode_cost(bytes, size)?;
+    let _held = budget.reserve(cost, what)?;
+    preprocess(bytes, cfg, size)
 }
 
 /// Depth bytes to the depth tower's `[1, size, size]` input (`size` is the model's

@@ -29,7 +29,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
 
 use super::decoder_panicked;
-use crate::embed::EmbedError;
+use crate::embed::{EmbedError, UploadBudget};
 use crate::guard::contain;
 
 /// The OpenAI CLIP normalisation constants.
@@ -223,14 +223,20 @@ pub fn decode_rgb_with(bytes: &[u8], alpha: Alpha) -> Result<RgbImage, EmbedErro
     })
 }
 
-/// Decodes an image (first frame of an animation) within the size limits and applies its EXIF
-/// orientation, keeping the decoded pixel format.
-pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
-    let format = sniff_format(bytes).ok_or_else(|| {
+/// The allow-listed format of an image, from its bytes.
+fn allowed_format(bytes: &[u8]) -> Result<ImageFormat, EmbedError> {
+    sniff_format(bytes).ok_or_else(|| {
         EmbedError::UnsupportedFormat(
             "not a JPEG, PNG, WebP or GIF image (detected from the file's bytes)".into(),
         )
-    })?;
+    })
+}
+
+/// A reader for an image of `format` within the size limits.
+fn limited_reader(
+    bytes: &[u8],
+    format: ImageFormat,
+) -> Result<ImageReader<Cursor<&[u8]>>, EmbedError> {
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // The JPEG decoder fills missing scans with grey; a truncated upload must be an error.
         return Err(EmbedError::Decode(
@@ -243,6 +249,126 @@ pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
     limits.max_image_height = Some(MAX_DIMENSION);
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     reader.limits(limits);
+    Ok(reader)
+}
+
+/// What an image's header says, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// The pixel format the decoder produces (a 1-bit PNG decodes to 8-bit grey).
+    pub color: image::ColorType,
+    /// Whether the EXIF orientation turns or flips the picture (a copy of the pixels).
+    pub reoriented: bool,
+}
+
+/// Reads an image's header (dimensions, decoded pixel format, orientation) without decoding
+/// pixels. Sides over [`MAX_DIMENSION`] are refused here.
+pub fn read_header(bytes: &[u8]) -> Result<ImageHeader, EmbedError> {
+    read_header_as(bytes, allowed_format(bytes)?)
+}
+
+/// [`read_header`] for a format the caller chose (depth and thermal maps, TIFF included).
+pub fn read_header_as(bytes: &[u8], format: ImageFormat) -> Result<ImageHeader, EmbedError> {
+    let reader = limited_reader(bytes, format)?;
+    let header = contain(|| {
+        let mut decoder = reader.into_decoder()?;
+        let (width, height) = decoder.dimensions();
+        let color = decoder.color_type();
+        let orientation = decoder.orientation()?;
+        Ok::<_, image::ImageError>(ImageHeader {
+            format,
+            width,
+            height,
+            color,
+            reoriented: orientation != image::metadata::Orientation::NoTransforms,
+        })
+    })
+    .map_err(|panic| decoder_panicked(format.to_mime_type(), &panic))?;
+    header.map_err(decode_error)
+}
+
+impl ImageHeader {
+    pub fn pixels(&self) -> u64 {
+        self.width as u64 * self.height as u64
+    }
+
+    /// Most bytes held at once while decoding to 8-bit RGB with `alpha` ([`decode_rgb_with`]):
+    /// the decoder's buffer, a turned copy, then the conversions (the RGBA blend for
+    /// [`Alpha::White`]) beside it.
+    pub fn decode_cost(&self, alpha: Alpha) -> u64 {
+        let px = self.pixels();
+        let decoded = px * self.color.bytes_per_pixel() as u64;
+        let turned = if self.reoriented { decoded } else { 0 };
+        let converted = match self.color {
+            image::ColorType::Rgb8 => 0,
+            c if c.has_alpha() && alpha == Alpha::White => {
+                let rgba = if c == image::ColorType::Rgba8 {
+                    0
+                } else {
+                    4 * px
+                };
+                rgba + 3 * px
+            }
+            _ => 3 * px,
+        };
+        decoded + turned.max(converted)
+    }
+
+    /// How the image is named in messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of {}x{} pixels",
+            self.format.to_mime_type(),
+            self.width,
+            self.height
+        )
+    }
+}
+
+/// Bytes of one of [`pil_resize`]'s coefficient tables.
+fn coefficients_cost(in_size: u64, out_size: u64) -> u64 {
+    let support = 2.0 * (in_size as f64 / out_size.max(1) as f64).max(1.0);
+    let ksize = support.ceil() as u64 * 2 + 1;
+    out_size * (ksize * 4 + 16)
+}
+
+/// Most bytes [`preprocess`] holds for an image with this header, a file of `file_len` bytes
+/// included: the larger of the decoding stage and the resizing stage (the RGB image, the
+/// horizontal pass's rows and the resized image; a very long thin image is resized to a huge
+/// one, since only its short side becomes `shortest_edge`).
+pub fn preprocess_cost(header: &ImageHeader, cfg: &ImagePreprocessConfig, file_len: u64) -> u64 {
+    let (w, h) = (header.width as u64, header.height as u64);
+    let (nw, nh) = resized_dims(header.width, header.height, cfg.shortest_edge);
+    let (nw, nh) = (nw as u64, nh as u64);
+    let resize =
+        3 * w * h + 3 * nw * h + 3 * nw * nh + coefficients_cost(w, nw) + coefficients_cost(h, nh);
+    let (ch, cw) = cfg.output_size();
+    let out = (ch as u64 * cw as u64) * 3 * (1 + 4);
+    file_len + header.decode_cost(cfg.alpha).max(resize) + out
+}
+
+/// [`preprocess`] within a decode budget: the memory the header says the pipeline needs is
+/// reserved in `budget` before any pixel is decoded (more than the per-decode limit:
+/// [`EmbedError::InvalidInput`] naming the limit).
+pub fn preprocess_within(
+    bytes: &[u8],
+    cfg: &ImagePreprocessConfig,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
+    let header = read_header(bytes)?;
+    let cost = preprocess_cost(&header, cfg, bytes.len() as u64);
+    let _held = budget.reserve(cost, header.describe())?;
+    preprocess(bytes, cfg)
+}
+
+/// Decodes an image (first frame of an animation) within the size limits and applies its EXIF
+/// orientation, keeping the decoded pixel format.
+pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
+    let format = allowed_format(bytes)?;
+    let reader = limited_reader(bytes, format)?;
     let decoded = contain(|| {
         let mut decoder = reader.into_decoder()?;
         let orientation = decoder.orientation()?;
@@ -562,6 +688,80 @@ pub fn preprocess(bytes: &[u8], cfg: &ImagePreprocessConfig) -> Result<Vec<f32>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A valid 1-bit greyscale PNG of `width` x `height` black pixels: a few kilobytes that
+    /// decode to `width * height` bytes, then to three times that in RGB.
+    fn one_bit_png(width: u32, height: u32) -> Vec<u8> {
+        use std::io::Write;
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = width.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[1, 0, 0, 0, 0]); // 1-bit greyscale, no interlace
+        chunk(&mut png, b"IHDR", &ihdr);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let row = vec![0u8; 1 + (width as usize).div_ceil(8)];
+        for _ in 0..height {
+            z.write_all(&row).unwrap();
+        }
+        chunk(&mut png, b"IDAT", &z.finish().unwrap());
+        chunk(&mut png, b"IEND", &[]);
+        png
+    }
+
+    /// The header of a lossless WebP of `width` x `height` pixels (1 to 16384 each).
+    fn lossless_webp_header(width: u32, height: u32) -> Vec<u8> {
+        let bits: u32 = (width - 1) | ((height - 1) << 14);
+        let mut vp8l = vec![0x2f];
+        vp8l.extend_from_slice(&bits.to_le_bytes());
+        vp8l.extend_from_slice(&[0u8; 16]);
+        let mut webp = b"RIFF".to_vec();
+        webp.extend_from_slice(&((4 + 8 + vp8l.len()) as u32).to_le_bytes());
+        webp.extend_from_slice(b"WEBPVP8L");
+        webp.extend_from_slice(&(vp8l.len() as u32).to_le_bytes());
+        webp.extend_from_slice(&vp8l);
+        webp
+    }
+
+    /// Weakness found in review: a 32 KB 1-bit PNG of 16384 x 16384 pixels and a 10 KB lossless
+    /// WebP of 16383 x 16383 decoded to more than a gigabyte although one decode was promised
+    /// at most 512 MiB (the decoder's own allocation limit is not applied by every decoder, and
+    /// the conversions after it were not counted). Both are refused from the header now, as is a
+    /// 16384 x 1 strip whose resize to 224 pixels high would be 2.4 GB.
+    #[test]
+    fn images_decoding_past_the_budget_are_refused_from_the_header() {
+        let cfg = ImagePreprocessConfig::clip(224);
+        let budget = UploadBudget::default();
+        let png = one_bit_png(16_384, 16_384);
+        assert!(png.len() < 64 << 10, "{} bytes", png.len());
+        let webp = lossless_webp_header(16_383, 16_383);
+        let strip = one_bit_png(16_384, 1);
+        for (name, bytes) in [("png", &png), ("webp", &webp), ("strip", &strip)] {
+            let e = preprocess_within(bytes, &cfg, &budget).unwrap_err();
+            assert!(
+                matches!(&e, EmbedError::InvalidInput(m) if m.contains("over the limit of 512 MiB")),
+                "{name}: {e}"
+            );
+        }
+        let header = read_header(&png).unwrap();
+        assert_eq!((header.width, header.color), (16_384, image::ColorType::L8));
+        assert!(preprocess_cost(&header, &cfg, 0) > 1 << 30);
+        // A usual photo fits, and nothing stays reserved.
+        let small = one_bit_png(640, 480);
+        assert_eq!(
+            preprocess_within(&small, &cfg, &budget).unwrap().len(),
+            3 * 224 * 224
+        );
+        assert_eq!(budget.limits().per_decode, MAX_DECODE_ALLOC);
+    }
 
     #[test]
     fn crop_offsets_round_like_their_references() {

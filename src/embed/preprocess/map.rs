@@ -90,6 +90,23 @@ pub const MIN_SIDE: usize = 16;
 /// Largest accepted side of a map: the image decoder's limit.
 pub const MAX_SIDE: usize = super::image::MAX_DIMENSION as usize;
 
+/// Most bytes [`resize_and_centre_crop`] allocates for a `h x w` map: the width pass's rows,
+/// the resized map and the filter weights (the map itself is not counted).
+pub fn resize_cost(h: u64, w: u64, size: u64) -> u64 {
+    if h == 0 || w == 0 {
+        return 0;
+    }
+    let (nw, nh) = resized_dims(
+        w.min(u32::MAX as u64) as u32,
+        h.min(u32::MAX as u64) as u32,
+        size.min(u32::MAX as u64) as u32,
+    );
+    let (nw, nh) = (nw as u64, nh as u64);
+    // Per output index a vector of about 2 * scale + 2 weights, and its header.
+    let weights = |input: u64, output: u64| output * (32 + 4 * (2 * input.div_ceil(output) + 2));
+    4 * (h * nw + nh * nw + size * size) + weights(w, nw) + weights(h, nh)
+}
+
 /// torchvision `Resize(size)` then `CenterCrop(size)`: a `size x size` map.
 pub fn resize_and_centre_crop(map: &Map, size: usize) -> Result<Map, EmbedError> {
     let (h, w) = (map.height, map.width);

@@ -86,6 +86,31 @@ fn check_header(bytes: &[u8]) -> Result<(), EmbedError> {
     Ok(())
 }
 
+/// How many values the header of `.npy` bytes declares (`None` when it cannot be read).
+pub fn declared_values(bytes: &[u8]) -> Option<u64> {
+    check_header(bytes).ok()?;
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = bytes.get(start..start.saturating_add(len))?;
+    shape_of(header)?
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// Most bytes [`read_npy`] and the f32 maps made from it hold for `.npy` bytes, the file
+/// included: the decoded values (at most 8 bytes each), their f32 copy and a reordered copy.
+/// A header whose shape cannot be read is costed as if every byte were a value.
+pub fn decode_cost(bytes: &[u8]) -> u64 {
+    let len = bytes.len() as u64;
+    let values = declared_values(bytes).unwrap_or(len).min(len);
+    len + values * (8 + 4 + 4)
+}
+
 /// The integers of the header's `'shape': (...)` tuple, when it has that form.
 fn shape_of(header: &[u8]) -> Option<Vec<u64>> {
     let text = std::str::from_utf8(header).ok()?;

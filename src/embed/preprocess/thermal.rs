@@ -9,21 +9,27 @@
 //! training input.
 
 use super::decoder_panicked;
-use super::map::{resize_and_centre_crop, Map};
-use crate::embed::EmbedError;
+use super::image::read_header_as;
+use super::map::{resize_and_centre_crop, resize_cost, Map};
+use crate::embed::{EmbedError, UploadBudget};
 use crate::guard::contain;
+
+/// The format of a thermal image, from its bytes.
+fn thermal_format(bytes: &[u8]) -> Result<image::ImageFormat, EmbedError> {
+    if bytes.starts_with(b"\x89PNG") {
+        Ok(image::ImageFormat::Png)
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Ok(image::ImageFormat::Tiff)
+    } else {
+        Err(EmbedError::UnsupportedFormat(
+            "thermal images must be greyscale PNG or TIFF".into(),
+        ))
+    }
+}
 
 /// Decodes a thermal image into [0, 1] intensities.
 pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
-    let format = if bytes.starts_with(b"\x89PNG") {
-        image::ImageFormat::Png
-    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
-        image::ImageFormat::Tiff
-    } else {
-        return Err(EmbedError::UnsupportedFormat(
-            "thermal images must be greyscale PNG or TIFF".into(),
-        ));
-    };
+    let format = thermal_format(bytes)?;
     let img = contain(|| image::load_from_memory_with_format(bytes, format))
         .map_err(|panic| decoder_panicked("thermal image", &panic))?
         .map_err(|e| EmbedError::Decode(format!("thermal image: {e}")))?;
@@ -43,6 +49,26 @@ pub fn decode_thermal(bytes: &[u8]) -> Result<Map, EmbedError> {
         }
     };
     Ok(Map::new(data, h, w))
+}
+
+/// [`preprocess`] within a decode budget: the memory the image's header says it needs (the
+/// file, the decoded samples, the float map and the resize) is reserved in `budget` before any
+/// pixel is decoded.
+pub fn preprocess_within(
+    bytes: &[u8],
+    size: usize,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
+    let header = read_header_as(bytes, thermal_format(bytes)?)
+        .map_err(|e| EmbedError::Decode(format!("thermal image: {e}")))?;
+    let px = header.pixels();
+    let cost = bytes.len() as u64
+        + px * header.color.bytes_per_pixel() as u64
+        + 4 * px
+        + resize_cost(header.height as u64, header.width as u64, size as u64);
+    let what = format!("thermal image of {}x{} pixels", header.width, header.height);
+    let _held = budget.reserve(cost, what)?;
+    preprocess(bytes, size)
 }
 
 /// Thermal bytes to the thermal tower's `[1, size, size]` input (`size` is the model's

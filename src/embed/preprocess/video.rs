@@ -44,8 +44,9 @@ use image::{DynamicImage, RgbImage};
 use zip::ZipArchive;
 
 use super::decoder_panicked;
-use super::image::{decode_oriented, CLIP_MEAN, CLIP_STD};
+use super::image::{decode_oriented, read_header, Alpha, CLIP_MEAN, CLIP_STD};
 use crate::embed::EmbedError;
+use crate::embed::{Reservation, UploadBudget};
 use crate::guard::contain;
 
 /// Clips per video (`clips_per_video`).
@@ -266,8 +267,25 @@ impl<'a> FrameArchive<'a> {
 
     /// Decodes frame `k` to 8-bit RGB.
     pub fn decode_frame(&mut self, k: usize) -> Result<RgbImage, EmbedError> {
+        let budget = UploadBudget::default();
+        let (rgb, _held) = self.decode_frame_within(k, &budget)?;
+        Ok(rgb)
+    }
+
+    /// Decodes frame `k` to 8-bit RGB, its decode memory (from the frame's header) reserved in
+    /// `budget` first and held until the returned reservation is dropped.
+    pub fn decode_frame_within<'b>(
+        &mut self,
+        k: usize,
+        budget: &'b UploadBudget,
+    ) -> Result<(RgbImage, Reservation<'b>), EmbedError> {
         let bytes = self.read_frame(k)?;
-        decode_frame(&bytes).map_err(|e| match e {
+        let decoded = read_header(&bytes).and_then(|header| {
+            let cost = bytes.len() as u64 + header.decode_cost(Alpha::Drop);
+            let held = budget.reserve(cost, format!("video frame ({})", header.describe()))?;
+            Ok((decode_frame(&bytes)?, held))
+        });
+        decoded.map_err(|e| match e {
             EmbedError::Decode(m) => decode_err(format!("frame {}: {m}", self.frames[k].0)),
             EmbedError::InvalidInput(m) => invalid(format!("frame {}: {m}", self.frames[k].0)),
             EmbedError::UnsupportedFormat(m) => {
@@ -556,6 +574,17 @@ pub fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
 /// [`preprocess`] for a vision tower of `size`-pixel images: the same clips and frames, the
 /// frames scaled to `size` on their short side and cropped to `size` x `size`.
 pub fn preprocess_at(bytes: &[u8], size: usize) -> Result<Vec<f32>, EmbedError> {
+    preprocess_within(bytes, size, &UploadBudget::default())
+}
+
+/// [`preprocess_at`] within a decode budget: frames are decoded one at a time, each reserving
+/// the memory its header says it needs (more than the per-decode limit:
+/// [`EmbedError::InvalidInput`]).
+pub fn preprocess_within(
+    bytes: &[u8],
+    size: usize,
+    budget: &UploadBudget,
+) -> Result<Vec<f32>, EmbedError> {
     let mut archive = FrameArchive::open(bytes)?;
     let picks = sampled_frames(archive.len(), archive.fps())?;
     let mut crops: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
@@ -564,7 +593,7 @@ pub fn preprocess_at(bytes: &[u8], size: usize) -> Result<Vec<f32>, EmbedError> 
         if crops.contains_key(&f) {
             continue;
         }
-        let rgb = archive.decode_frame(f)?;
+        let (rgb, _held) = archive.decode_frame_within(f, budget)?;
         match first {
             None => first = Some((f, rgb.dimensions())),
             Some((g, dims)) if dims != rgb.dimensions() => {
