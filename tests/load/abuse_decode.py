@@ -212,8 +212,10 @@ def run(binary, name, attack):
     with tempfile.TemporaryDirectory(prefix="omnibind-abuse-") as data_dir:
         p, port = start(binary, data_dir)
         try:
-            # Warm up the encoder with one small request, so "before" includes the model.
+            # Warm up the image and audio towers with one small request each, so that "before"
+            # includes their first use.
             embed(port, png_1bit(64, 64), "warm.png")
+            embed(port, flac_silence(1, 3), "warm.flac")
             before = proc_mem(p.pid)
             answers = []
             t = time.time()
