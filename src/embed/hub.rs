@@ -13,7 +13,10 @@ use serde::Deserialize;
 
 use super::EmbedError;
 
-/// Files a model directory must hold, with alternatives in order of preference.
+/// Files a model directory in Hugging Face layout (CLIP) must hold, with alternatives in order
+/// of preference. An ImageBind directory needs only `config.json` here: its loader knows which
+/// weight files it reads (`model.safetensors` or the official `.pth`) and needs
+/// `tokenizer.json` only for a text tower.
 pub const REQUIRED_FILES: &[&[&str]] = &[
     &["config.json"],
     &["tokenizer.json"],
@@ -85,6 +88,14 @@ fn check_dir(dir: &Path) -> Result<(), Vec<String>> {
     } else {
         Err(missing)
     }
+}
+
+/// A Hugging Face layout directory holds every file of [`REQUIRED_FILES`]; the error names
+/// what it lacks.
+pub fn check_hf_dir(dir: &Path) -> Result<(), EmbedError> {
+    check_dir(dir).map_err(|missing| {
+        EmbedError::ModelNotFound(format!("{} lacks {}", dir.display(), missing.join(", ")))
+    })
 }
 
 /// What a model reference names.
@@ -194,9 +205,14 @@ pub fn resolve_dir(model: &ModelRef, opts: &HubOptions) -> Result<PathBuf, Embed
                     dir.display()
                 )));
             }
-            check_dir(dir).map(|_| dir.clone()).map_err(|missing| {
-                EmbedError::ModelNotFound(format!("{} lacks {}", dir.display(), missing.join(", ")))
-            })
+            // Which weights and tokenizer it needs depends on the family (see REQUIRED_FILES).
+            if !dir.join("config.json").is_file() {
+                return Err(EmbedError::ModelNotFound(format!(
+                    "{} lacks config.json",
+                    dir.display()
+                )));
+            }
+            Ok(dir.clone())
         }
         ModelRef::Hub { id, tried } => resolve_hub(id, tried, opts),
     }
@@ -366,11 +382,17 @@ mod tests {
     #[test]
     fn directory_missing_files_is_reported() {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("config.json"), "{}").unwrap();
         let e = resolve_model_dir(tmp.path().to_str().unwrap(), &HubOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("tokenizer.json"), "{e}");
+        assert!(e.contains("lacks config.json"), "{e}");
+        std::fs::write(tmp.path().join("config.json"), "{}").unwrap();
+        assert!(resolve_model_dir(tmp.path().to_str().unwrap(), &HubOptions::default()).is_ok());
+        let e = check_hf_dir(tmp.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.json") && e.contains("model.safetensors"),
+            "{e}"
+        );
     }
 
     #[test]

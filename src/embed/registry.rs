@@ -81,7 +81,10 @@ pub fn load_encoder(spec: &ModelSpec) -> Result<Arc<dyn Encoder>, EmbedError> {
         EmbedError::Config(format!("{}: unknown model type", config_path.display()))
     })?;
     match family {
-        "clip" => Ok(Arc::new(ClipEncoder::load(&dir, spec, &device, dtype)?)),
+        "clip" => {
+            super::hub::check_hf_dir(&dir)?;
+            Ok(Arc::new(ClipEncoder::load(&dir, spec, &device, dtype)?))
+        }
         "imagebind" => Ok(Arc::new(ImageBindEncoder::load(
             &dir, spec, &device, dtype,
         )?)),

@@ -211,26 +211,19 @@ fn a_missing_model_is_named_as_a_directory_or_as_a_hub_id() {
     assert!(err.contains("neither a model directory"), "{err}");
 }
 
-#[test]
-fn serve_model_takes_a_directory_without_a_configuration_file() {
-    // `--model DIR` serves that directory under its own name, relative to the current one.
-    let cwd = tempfile::tempdir().unwrap();
-    let root = cwd.path();
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/imagebind/models/imagebind-tiny");
-    std::os::unix::fs::symlink(&tiny, root.join("tiny")).unwrap();
+/// Starts `serve --model REF` in `root` and returns its `/v1/models` answer.
+fn models_served(root: &Path, model: &str) -> Value {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _server = Server(
         omnibind(root)
+            .args(["serve", "--model", model])
             .args([
-                "serve",
-                "--model",
-                "tiny",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                "data",
             ])
-            .args(["--data-dir", "data"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -238,20 +231,110 @@ fn serve_model_takes_a_directory_without_a_configuration_file() {
     );
     let client = Client::new();
     let t = Instant::now();
-    let models: Value = loop {
+    loop {
         if let Ok(r) = client.get(format!("{base}/v1/models")).send() {
             if r.status().is_success() {
-                break r.json().unwrap();
+                return r.json().unwrap();
             }
         }
         assert!(t.elapsed() < Duration::from_secs(90), "never ready");
         std::thread::sleep(Duration::from_millis(50));
-    };
-    let names: Vec<&str> = models["models"]
+    }
+}
+
+/// The models' names and modalities, as `/v1/models` lists them.
+fn names_and_modalities(models: &Value) -> Vec<(String, Vec<String>)> {
+    models["models"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["tiny"], "{models}");
+        .map(|m| {
+            let modalities = m["modalities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect();
+            (m["name"].as_str().unwrap().to_string(), modalities)
+        })
+        .collect()
+}
+
+fn tiny_imagebind() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagebind/models/imagebind-tiny")
+}
+
+#[test]
+fn serve_model_takes_a_directory_without_a_configuration_file() {
+    // `--model DIR` serves that directory under its own name, relative to the current one.
+    let cwd = tempfile::tempdir().unwrap();
+    let root = cwd.path();
+    std::os::unix::fs::symlink(tiny_imagebind(), root.join("tiny")).unwrap();
+    let served = names_and_modalities(&models_served(root, "tiny"));
+    assert_eq!(served.len(), 1, "{served:?}");
+    assert_eq!(served[0].0, "tiny");
+}
+
+/// README's ImageBind directories load in `embed` and in `serve`: one holding the official
+/// `.pth` beside `config.json` and `tokenizer.json` (no safetensors), and a converted one
+/// without a text tower and without a tokenizer.
+#[test]
+fn imagebind_directories_load_as_the_readme_says() {
+    let cwd = tempfile::tempdir().unwrap();
+    let root = cwd.path();
+    let tiny = tiny_imagebind();
+    let pth = root.join("official");
+    std::fs::create_dir(&pth).unwrap();
+    for f in ["config.json", "tokenizer.json", "imagebind_tiny.pth"] {
+        std::fs::copy(tiny.join(f), pth.join(f)).unwrap();
+    }
+    let no_text = root.join("no-text");
+    let out = run(
+        root,
+        &[
+            "convert-imagebind",
+            tiny.join("imagebind_tiny.pth").to_str().unwrap(),
+            no_text.to_str().unwrap(),
+            "--modalities",
+            "image,audio",
+            "--config",
+            tiny.join("config.json").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!no_text.join("tokenizer.json").exists());
+    let (_, first) = &sample_items()[0];
+    let png = sample_dir().join(first["image"].as_str().unwrap());
+    let png = png.to_str().unwrap();
+    let (pth, no_text) = (pth.to_str().unwrap(), no_text.to_str().unwrap());
+    for args in [
+        ["--model", pth, "--text", "a dog"],
+        ["--model", pth, "--image", png],
+        ["--model", no_text, "--image", png],
+    ] {
+        let out = run(root, &[&["embed"][..], &args[..]].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains('['),
+            "embed {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Text on the model without a text tower is refused, naming what is missing.
+    let out = run(root, &["embed", "--model", no_text, "--text", "a dog"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("text"), "{err}");
+    // Both serve.
+    let served = names_and_modalities(&models_served(root, pth));
+    assert_eq!(served[0].0, "official");
+    assert!(served[0].1.contains(&"text".to_string()), "{served:?}");
+    let served = names_and_modalities(&models_served(root, no_text));
+    assert_eq!(served[0].0, "no-text");
+    assert!(!served[0].1.contains(&"text".to_string()), "{served:?}");
+    assert!(served[0].1.contains(&"image".to_string()), "{served:?}");
 }

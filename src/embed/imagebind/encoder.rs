@@ -161,8 +161,16 @@ impl ImageBindEncoder {
             var_builder(std::slice::from_ref(&weights), dtype, device)?
         };
         let tokenizer = if plan.has(Modality::Text) {
+            let path = dir.join("tokenizer.json");
+            if !path.is_file() {
+                return Err(EmbedError::ModelNotFound(format!(
+                    "{} lacks tokenizer.json, which its text tower needs (copy the CLIP \
+                     tokenizer.json there, or list the other modalities to load it without text)",
+                    dir.display()
+                )));
+            }
             Some(TextTokenizer::from_file(
-                &dir.join("tokenizer.json"),
+                &path,
                 config.inputs.context_length,
             )?)
         } else {
