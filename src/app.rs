@@ -579,6 +579,19 @@ mod tests {
         }
     }
 
+    /// Reads the answer of a connection the server closes after it (within 10 s) and checks
+    /// that it starts with `HTTP/1.1 {status}` (a prefix such as `4` matches any 4xx).
+    async fn assert_answer_then_closed(c: &mut tokio::net::TcpStream, status: &str) {
+        let got = read_until_closed(c, Duration::from_secs(10))
+            .await
+            .expect("the server closes the connection after its answer");
+        assert!(
+            got.starts_with(format!("HTTP/1.1 {status}").as_bytes()),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
     #[tokio::test]
     async fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -644,25 +657,11 @@ mod tests {
         };
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(head(8 * 1024).as_bytes()).await.unwrap();
-        let got = read_until_closed(&mut c, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_answer_then_closed(&mut c, "200").await;
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         // The server may close before reading it all.
         let _ = c.write_all(head(100 * 1024).as_bytes()).await;
-        let got = read_until_closed(&mut c, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 431"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_answer_then_closed(&mut c, "431").await;
     }
 
     #[tokio::test]
@@ -688,14 +687,7 @@ mod tests {
             "not served while two connections are open"
         );
         drop(held.pop());
-        let got = read_until_closed(&mut third, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_answer_then_closed(&mut third, "200").await;
     }
 
     #[tokio::test]
@@ -716,14 +708,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!server.is_finished(), "waits for the request in flight");
         c.write_all(&body[5..]).await.unwrap();
-        let got = read_until_closed(&mut c, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 4"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_answer_then_closed(&mut c, "4").await;
         tokio::time::timeout(Duration::from_secs(10), server)
             .await
             .expect("stops")

@@ -567,15 +567,14 @@ pub async fn content(
     if resp.status().is_client_error() {
         return Ok(resp);
     }
-    let ct = HeaderValue::from_str(&content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let h = resp.headers_mut();
     if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
-        h.insert(header::ETAG, tag);
+        resp.headers_mut().insert(header::ETAG, tag);
     }
     if resp.status() == StatusCode::NOT_MODIFIED {
         return Ok(resp);
     }
+    let ct = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, ct);
     h.insert(

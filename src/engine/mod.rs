@@ -888,22 +888,6 @@ impl Engine {
         Ok(view_of(self.store.get_item(name, id)?))
     }
 
-    /// The original bytes and their type.
-    pub fn item_content(&self, name: &str, id: &str) -> Result<(Vec<u8>, String)> {
-        self.collection(name)?;
-        let item = self.store.get_item(name, id)?;
-        match (&item.content_hash, &item.content_type) {
-            (Some(hash), Some(ct)) => Ok((self.store.read_content(name, hash)?, ct.clone())),
-            _ => match item.text {
-                Some(t) => Ok((t.into_bytes(), "text/plain; charset=utf-8".into())),
-                None => Err(EngineError::NotFound {
-                    what: "content",
-                    name: id.to_string(),
-                }),
-            },
-        }
-    }
-
     /// Where an item's original bytes are, for serving them without reading them whole.
     pub fn item_content_source(&self, name: &str, id: &str) -> Result<ItemContent> {
         self.collection(name)?;

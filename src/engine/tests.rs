@@ -215,8 +215,12 @@ async fn spooled_files_are_recognised_from_disk_and_stored() {
         (st[0].modality.as_str(), st[0].status.as_str()),
         ("text", "created")
     );
-    let got = e.item_content("c", &st[0].id).unwrap();
-    assert_eq!(got.0, text.as_bytes());
+    let crate::engine::ItemContent::File { path, .. } =
+        e.item_content_source("c", &st[0].id).unwrap()
+    else {
+        panic!("a spooled text keeps its original file");
+    };
+    assert_eq!(std::fs::read(path).unwrap(), text.as_bytes());
     // The text read from the file is the item's text (its record keeps the first 4 KiB).
     let view = e.get_item("c", &st[0].id).unwrap();
     let kept = view.text.unwrap();
