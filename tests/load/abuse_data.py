@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,14 +30,10 @@ import urllib.error
 import urllib.request
 import uuid
 
+from procmem import free_port, mem, reset_peak
+
 KEY = "abuse-data-admin-key-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -88,23 +83,12 @@ class Server:
             return status, raw[:200]
 
     def memory(self):
-        """(VmRSS, VmHWM) of the server in MB."""
-        out = {}
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0]) / 1024
-        return out["VmRSS"], out["VmHWM"]
+        """(VmRSS, VmHWM) of the server in MiB."""
+        return mem(self.proc.pid)
 
     def reset_peak(self):
-        """Resets VmHWM to the current RSS (Linux: 5 > clear_refs); False where refused."""
-        try:
-            with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
+        """Resets VmHWM to the current RSS; False where refused."""
+        return reset_peak(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:

@@ -20,7 +20,6 @@ Attacks (every file is built here, nothing is downloaded):
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
+
+from procmem import free_port, mem
 
 REPEAT = 3  # sends of each attack
 REQUEST_TIMEOUT_S = 120
@@ -163,19 +164,9 @@ def request(port, method, path, body=None, ctype=None):
 
 
 def proc_mem(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                out[key] = int(rest.split()[0]) // 1024  # MiB
-    return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """VmRSS and VmHWM in whole MiB."""
+    rss, hwm = mem(pid)
+    return {"VmRSS": int(rss), "VmHWM": int(hwm)}
 
 
 def start(binary, data_dir):

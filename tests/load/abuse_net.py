@@ -21,36 +21,11 @@ import threading
 import time
 import urllib.request
 
+from procmem import free_port, mem, reset_peak
+
 ADMIN = "abuse-admin-key-0000001"
 READ = "abuse-read-key-00000002"
 BOUNDARY = "abuse-net-boundary"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mem(pid):
-    """(VmRSS, VmHWM) in MB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) / 1024
-    return out["VmRSS"], out["VmHWM"]
-
-
-def reset_peak(pid):
-    """Resets VmHWM to the current resident size (Linux: clear_refs 5)."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def conn_count(pid):
