@@ -3,7 +3,9 @@
 # in fuzz/seeds/<target>, two at a time. A crash, a panic, a timeout (FUZZ_TIMEOUT seconds for
 # one input, default 20) or an allocation over libFuzzer's limit (2 GiB) fails the run; the
 # input that did it is left in fuzz/artifacts/<target>/. New corpus entries go to a scratch
-# directory, never into the seeds. Needs cargo-fuzz (`cargo install cargo-fuzz`).
+# directory, never into the seeds. Needs cargo-fuzz (`cargo install cargo-fuzz`). An exploratory
+# campaign, run by hand whenever a parser changes; the test suite replays the committed seeds
+# (tests/it/fuzz_replay.rs), and CI runs only that.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"

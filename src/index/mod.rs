@@ -425,8 +425,8 @@ where
 }
 
 /// Makes the checksums in the dump in `dir` match its (possibly damaged) files, so that a
-/// fuzzer's damage reaches the parsers behind the checksum checks. Fuzzing support only.
-#[cfg(feature = "fuzzing")]
+/// fuzzer's damage reaches the parsers behind the checksum checks. Fuzzing support only (the
+/// fuzz targets and the test suite's replay of their corpus).
 #[doc(hidden)]
 pub fn reseal_dump(dir: &Path) -> Result<()> {
     persist::reseal(dir)

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod data;
 mod default_model;
+mod fuzz_replay;
 mod imagebind;
 mod imagebind_audio_formats;
 mod imagebind_server;
