@@ -581,10 +581,10 @@ impl ClipEncoder {
         let model = ClipModel::load(vb, &config, text, vision)?;
         let tokenizer = if text {
             let max_len = config.text_config.max_position_embeddings;
-            Some(TextTokenizer::from_file(
-                &dir.join("tokenizer.json"),
-                max_len,
-            )?)
+            Some(
+                TextTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?
+                    .with_cleaning(spec.text_cleaning.unwrap_or_default()),
+            )
         } else {
             None
         };

@@ -15,6 +15,7 @@ use super::clip::ClipEncoder;
 use super::device::{select_device, DeviceSpec, Precision};
 use super::hub::{resolve_dir, safetensors_shards, HubOptions, ModelRef};
 use super::imagebind::ImageBindEncoder;
+use super::preprocess::text::TextCleaning;
 use super::{EmbedError, Encoder, Modality};
 
 /// One model to load, as written in configuration.
@@ -37,6 +38,11 @@ pub struct ModelSpec {
     pub max_batch: usize,
     #[serde(default)]
     pub hub: HubOptions,
+    /// The clean-up of texts before tokenisation; unset takes the model family's reference:
+    /// ImageBind's `config.json` (`inputs.text_cleaning`, `ftfy` unless it says otherwise),
+    /// `none` for CLIP checkpoints (transformers' fast tokenizer cleans nothing).
+    #[serde(default)]
+    pub text_cleaning: Option<TextCleaning>,
 }
 
 fn default_max_batch() -> usize {
@@ -54,6 +60,7 @@ impl ModelSpec {
             modalities: None,
             max_batch: default_max_batch(),
             hub: HubOptions::default(),
+            text_cleaning: None,
         }
     }
 }

@@ -433,7 +433,8 @@ pub fn run_with(
                              tokenizer.json beside the model's config.json"
                         )
                     })?;
-                    let tok = TextTokenizer::from_file(path, config.inputs.context_length)?;
+                    let tok = TextTokenizer::from_file(path, config.inputs.context_length)?
+                        .with_cleaning(config.inputs.text_cleaning);
                     let augment = recipe.data.augment.then(Augment::default);
                     Box::new(data.image_text(
                         &tok,

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::embed::preprocess::depth::DepthConfig;
+use crate::embed::preprocess::text::TextCleaning;
 use crate::embed::Modality;
 
 /// One modality's transformer trunk.
@@ -102,6 +103,9 @@ pub struct InputConfig {
     pub imu_kernel: usize,
     /// Depth-to-disparity conversion (camera and normalisation), see [`DepthConfig`].
     pub depth: DepthConfig,
+    /// The clean-up of texts before BPE: `ftfy` (the official tokenizer's `basic_clean`, the
+    /// default) or `none`.
+    pub text_cleaning: TextCleaning,
 }
 
 impl Default for InputConfig {
@@ -124,6 +128,7 @@ impl Default for InputConfig {
             imu_len: 2000,
             imu_kernel: 8,
             depth: DepthConfig::default(),
+            text_cleaning: TextCleaning::Ftfy,
         }
     }
 }

@@ -169,10 +169,10 @@ impl ImageBindEncoder {
                     dir.display()
                 )));
             }
-            Some(TextTokenizer::from_file(
-                &path,
-                config.inputs.context_length,
-            )?)
+            Some(
+                TextTokenizer::from_file(&path, config.inputs.context_length)?
+                    .with_cleaning(spec.text_cleaning.unwrap_or(config.inputs.text_cleaning)),
+            )
         } else {
             None
         };
@@ -199,10 +199,10 @@ impl ImageBindEncoder {
         let plan = TowerPlan::new(&config, spec)?;
         let vb = VarBuilder::from_slice_safetensors(model.weights, dtype, device)?;
         let tokenizer = if plan.has(Modality::Text) {
-            Some(TextTokenizer::from_bytes(
-                model.tokenizer_json,
-                config.inputs.context_length,
-            )?)
+            Some(
+                TextTokenizer::from_bytes(model.tokenizer_json, config.inputs.context_length)?
+                    .with_cleaning(spec.text_cleaning.unwrap_or(config.inputs.text_cleaning)),
+            )
         } else {
             None
         };

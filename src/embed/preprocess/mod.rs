@@ -8,6 +8,7 @@ pub mod imu;
 pub mod map;
 pub mod npy;
 pub mod text;
+pub mod text_clean;
 pub mod thermal;
 pub mod video;
 
