@@ -23,8 +23,8 @@ def image(fmt, mode="RGB", size=(8, 6), **kw):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (size[1], size[0], len(mode) if mode in ("RGB", "RGBA") else 1), dtype=np.uint8)
     img = Image.fromarray(a.squeeze(), mode if mode in ("RGB", "RGBA") else "L")
-    if mode == "P":
-        img = img.convert("P")
+    if mode in ("P", "CMYK"):
+        img = img.convert(mode)
     b = io.BytesIO()
     img.save(b, fmt, **kw)
     return b.getvalue()
@@ -86,6 +86,9 @@ images = {
     "png_rgb": image("PNG"), "png_rgba": image("PNG", "RGBA"), "png_grey": image("PNG", "L"),
     "png_palette": image("PNG", "P"), "jpeg": image("JPEG", quality=80),
     "jpeg_progressive": image("JPEG", progressive=True), "gif": image("GIF", "P"),
+    "jpeg_cmyk": image("JPEG", "CMYK", size=(16, 8)), "jpeg_grey": image("JPEG", "L", size=(16, 8)),
+    "jpeg_422": image("JPEG", size=(16, 8), subsampling="4:2:2"),
+    "jpeg_444_progressive": image("JPEG", size=(16, 16), subsampling="4:4:4", progressive=True),
     "webp": image("WEBP", lossless=True), "tiff": image("TIFF"),
 }
 for k, v in images.items():

@@ -260,6 +260,8 @@ pub struct ImageHeader {
     pub height: u32,
     /// The pixel format the decoder produces (a 1-bit PNG decodes to 8-bit grey).
     pub color: image::ColorType,
+    /// A progressive JPEG, decoded from the whole picture's coefficients held at once.
+    pub progressive: bool,
     /// Whether the EXIF orientation turns or flips the picture (a copy of the pixels).
     pub reoriented: bool,
 }
@@ -284,6 +286,7 @@ pub fn read_header_as(bytes: &[u8], format: ImageFormat) -> Result<ImageHeader, 
             height,
             color,
             reoriented: orientation != image::metadata::Orientation::NoTransforms,
+            progressive: format == ImageFormat::Jpeg && super::jpeg::jpeg_is_progressive(bytes),
         })
     })
     .map_err(|panic| decoder_panicked(format.to_mime_type(), &panic))?;
@@ -296,11 +299,13 @@ impl ImageHeader {
     }
 
     /// Most bytes held at once while decoding to 8-bit RGB with `alpha` ([`decode_rgb_with`]):
-    /// the decoder's buffer, a turned copy, then the conversions (the RGBA blend for
-    /// [`Alpha::White`]) beside it.
+    /// the decoder's buffer (with a progressive JPEG's coefficients, two bytes per sample),
+    /// a turned copy, then the conversions (the RGBA blend for [`Alpha::White`]) beside it.
     pub fn decode_cost(&self, alpha: Alpha) -> u64 {
         let px = self.pixels();
-        let decoded = px * self.color.bytes_per_pixel() as u64;
+        let samples = px * self.color.channel_count() as u64;
+        let coefficients = if self.progressive { 2 * samples } else { 0 };
+        let decoded = px * self.color.bytes_per_pixel() as u64 + coefficients;
         let turned = if self.reoriented { decoded } else { 0 };
         let converted = match self.color {
             image::ColorType::Rgb8 => 0,
@@ -369,13 +374,24 @@ pub fn preprocess_within(
 pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
     let format = allowed_format(bytes)?;
     let reader = limited_reader(bytes, format)?;
+    let libjpeg = cfg!(feature = "libjpeg-turbo") && format == ImageFormat::Jpeg;
     let decoded = contain(|| {
+        // The header (size limits, EXIF orientation) is read by the `image` crate in any case.
         let mut decoder = reader.into_decoder()?;
         let orientation = decoder.orientation()?;
-        DynamicImage::from_decoder(decoder).map(|img| (img, orientation))
+        let img = if libjpeg {
+            Err(decoder.dimensions())
+        } else {
+            Ok(DynamicImage::from_decoder(decoder)?)
+        };
+        Ok::<_, image::ImageError>((img, orientation))
     })
     .map_err(|panic| decoder_panicked(format.to_mime_type(), &panic))?;
-    let (mut img, orientation) = decoded.map_err(decode_error)?;
+    let (img, orientation) = decoded.map_err(decode_error)?;
+    let mut img = match img {
+        Ok(img) => img,
+        Err(size) => decode_libjpeg(bytes, size)?,
+    };
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         return Err(EmbedError::InvalidInput("image has no pixels".into()));
@@ -383,36 +399,29 @@ pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
     Ok(img)
 }
 
+/// A JPEG decoded by libjpeg-turbo, which must find the size that the header read for the
+/// limits and the budget found (`size`): the two parsers may not disagree about what is decoded.
+#[cfg(feature = "libjpeg-turbo")]
+fn decode_libjpeg(bytes: &[u8], size: (u32, u32)) -> Result<DynamicImage, EmbedError> {
+    super::jpeg::decode_jpeg(bytes, size)
+}
+
+#[cfg(not(feature = "libjpeg-turbo"))]
+fn decode_libjpeg(_: &[u8], _: (u32, u32)) -> Result<DynamicImage, EmbedError> {
+    unreachable!("JPEG goes to the `image` crate without the libjpeg-turbo feature")
+}
+
 /// Whether a JPEG stream reaches its end-of-image marker. Markers are walked from the start of
 /// the file to the first start-of-scan; entropy-coded data cannot contain `FF D9` (0xFF bytes
 /// are stuffed), so an end-of-image marker after it means the scans are complete. Thumbnails
 /// inside EXIF segments, which carry their own markers, are skipped by the walk.
 pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return false;
-    }
-    let mut i = 2;
-    while i + 4 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return false;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1; // fill byte
-            continue;
-        }
-        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
-            i += 2;
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        if marker == 0xDA {
-            let scans = &bytes[(i + 2 + len).min(bytes.len())..];
-            return scans.windows(2).any(|w| w == [0xFF, 0xD9]);
-        }
-        i += 2 + len;
-    }
-    false
+    super::jpeg::walk_markers(bytes, |marker, at, len| {
+        (marker == 0xDA).then(|| {
+            let scans = &bytes[(at + len).min(bytes.len())..];
+            scans.windows(2).any(|w| w == [0xFF, 0xD9])
+        })
+    })
 }
 
 fn decode_error(e: image::ImageError) -> EmbedError {
@@ -837,13 +846,21 @@ mod tests {
         assert!(matches!(decode_rgb(cut), Err(EmbedError::Decode(_))));
     }
 
-    /// A progressive JPEG found by the fuzzer (kept in its seeds) on which the JPEG decoder's
-    /// AVX2 upsampler asserts: the panic is contained and the upload is a decode error.
+    /// A progressive JPEG found by the fuzzer (kept in its seeds) on which the pure-Rust JPEG
+    /// decoder's AVX2 upsampler asserts: the panic is contained and the upload is a decode
+    /// error. libjpeg-turbo refuses the file.
     #[test]
     fn a_panic_inside_the_jpeg_decoder_is_a_decode_error() {
         let bytes = include_bytes!("../../../fuzz/seeds/image/jpeg_regress_upsampler_panic");
         assert!(jpeg_is_complete(bytes));
         let result = decode_rgb(bytes);
+        if cfg!(feature = "libjpeg-turbo") {
+            assert!(
+                matches!(&result, Err(EmbedError::Decode(m)) if m.starts_with("JPEG: ")),
+                "{result:?}"
+            );
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             match &result {

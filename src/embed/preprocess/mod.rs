@@ -5,6 +5,7 @@ pub mod audio;
 pub mod depth;
 pub mod image;
 pub mod imu;
+pub mod jpeg;
 pub mod map;
 pub mod npy;
 pub mod text;
