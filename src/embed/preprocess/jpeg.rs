@@ -14,10 +14,12 @@
 //!
 //! Errors inside the C library unwind as Rust panics (the `mozjpeg` crate's error manager, which
 //! also silences libjpeg's warnings on stderr); they are contained here and become
-//! [`EmbedError::Decode`].
+//! [`crate::embed::EmbedError::Decode`].
 
+#[cfg(feature = "libjpeg-turbo")]
 use image::{DynamicImage, GrayImage, RgbImage};
 
+#[cfg(feature = "libjpeg-turbo")]
 use crate::embed::EmbedError;
 
 /// Walks the marker segments of a JPEG from its start: `visit` sees each marker with the offset
