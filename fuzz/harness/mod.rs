@@ -9,6 +9,7 @@ pub mod imu;
 pub mod index_dump;
 pub mod multipart;
 pub mod store_records;
+pub mod text;
 pub mod thermal;
 pub mod video;
 

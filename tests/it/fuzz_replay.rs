@@ -83,6 +83,11 @@ fn store_records() {
 }
 
 #[test]
+fn text() {
+    replay("text", harness::text::run);
+}
+
+#[test]
 fn thermal() {
     replay("thermal", harness::thermal::run);
 }
