@@ -47,52 +47,27 @@ fn replay(target: &str, run: fn(&[u8])) {
     );
 }
 
-#[test]
-fn audio() {
-    replay("audio", harness::audio::run);
+/// One test per fuzz target, named after it, replaying `fuzz/seeds/<target>/`.
+macro_rules! replay_targets {
+    ($($target:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $target() {
+                replay(stringify!($target), harness::$target::run);
+            }
+        )*
+    };
 }
 
-#[test]
-fn depth() {
-    replay("depth", harness::depth::run);
-}
-
-#[test]
-fn image() {
-    replay("image", harness::image::run);
-}
-
-#[test]
-fn imu() {
-    replay("imu", harness::imu::run);
-}
-
-#[test]
-fn index_dump() {
-    replay("index_dump", harness::index_dump::run);
-}
-
-#[test]
-fn multipart() {
-    replay("multipart", harness::multipart::run);
-}
-
-#[test]
-fn store_records() {
-    replay("store_records", harness::store_records::run);
-}
-
-#[test]
-fn text() {
-    replay("text", harness::text::run);
-}
-
-#[test]
-fn thermal() {
-    replay("thermal", harness::thermal::run);
-}
-
-#[test]
-fn video() {
-    replay("video", harness::video::run);
-}
+replay_targets!(
+    audio,
+    depth,
+    image,
+    imu,
+    index_dump,
+    multipart,
+    store_records,
+    text,
+    thermal,
+    video
+);

@@ -379,18 +379,20 @@ pub fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, EmbedError> {
         // The header (size limits, EXIF orientation) is read by the `image` crate in any case.
         let mut decoder = reader.into_decoder()?;
         let orientation = decoder.orientation()?;
+        let size = decoder.dimensions();
+        // With libjpeg-turbo, the `image` crate reads only the header of a JPEG.
         let img = if libjpeg {
-            Err(decoder.dimensions())
+            None
         } else {
-            Ok(DynamicImage::from_decoder(decoder)?)
+            Some(DynamicImage::from_decoder(decoder)?)
         };
-        Ok::<_, image::ImageError>((img, orientation))
+        Ok::<_, image::ImageError>((img, size, orientation))
     })
     .map_err(|panic| decoder_panicked(format.to_mime_type(), &panic))?;
-    let (img, orientation) = decoded.map_err(decode_error)?;
+    let (img, size, orientation) = decoded.map_err(decode_error)?;
     let mut img = match img {
-        Ok(img) => img,
-        Err(size) => decode_libjpeg(bytes, size)?,
+        Some(img) => img,
+        None => decode_libjpeg(bytes, size)?,
     };
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
